@@ -1,0 +1,134 @@
+"""`amlpromote copy-model`: one model version from a source registry to a target registry."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from amlpromote.cli.options import (
+    OutputOpt,
+    ProfileOpt,
+    QuietOpt,
+    SourceOpt,
+    TargetOpt,
+    VerboseOpt,
+)
+from amlpromote.cli.output import Output, human_bytes
+
+if TYPE_CHECKING:
+    from amlpromote.core.promote import PromoteResult
+
+HELP = """Copy one model version to the target registry, byte for byte, verified and re-runnable.
+
+REF is NAME (latest version), NAME/3, NAME@ALIAS, NAME/latest, NAME/Production (legacy stage)
+or a models:/ URI of those forms. A re-run that finds the same source version with the same
+digest in the target does nothing (status "unchanged", exit 0).
+
+Examples:
+
+  amlpromote copy-model uci-heart-classifier@champion --profile prod
+
+  amlpromote copy-model uci-heart-classifier/3 --source file:///data/mlruns \\
+      --target sqlite:///srv/registry/mlflow.db --alias staging --verify
+
+  amlpromote copy-model models:/fraud@champion --dry-run --output json
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("copy-model", help=HELP)(copy_model)
+
+
+def copy_model(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(metavar="REF", help="The source model version.",
+                                       show_default=False)],
+    source: SourceOpt = None,
+    target: TargetOpt = None,
+    profile: ProfileOpt = None,
+    target_name: Annotated[str | None, typer.Option(
+        "--target-name", envvar="AMLPROMOTE_TARGET_NAME",
+        help="Register under this name in the target [default: the source name].")] = None,
+    alias: Annotated[list[str] | None, typer.Option(
+        "--alias", "-a", help="Set this alias on the target version (repeatable).")] = None,
+    copy_aliases: Annotated[bool, typer.Option(
+        "--copy-aliases", envvar="AMLPROMOTE_COPY_ALIASES",
+        help="Also carry the source version's aliases.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan; change nothing.")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", envvar="AMLPROMOTE_VERIFY",
+        help="Read the target's files back and compare digests before registering.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Register a new version even if an identical one exists.")] = False,
+    parallel: Annotated[int | None, typer.Option(
+        "--parallel", envvar="AMLPROMOTE_PARALLEL", min=1, max=64,
+        help="Files transferred at once [default: 8].")] = None,
+    output: OutputOpt = None,
+    quiet: QuietOpt = None,
+    verbose: VerboseOpt = None,
+) -> None:
+    from amlpromote.cli.app import make_output, run
+
+    out = make_output(ctx, output, quiet, verbose)
+    result = run(out, lambda: _promote(out, ref, source, target, profile, target_name,
+                                       alias or [], copy_aliases, dry_run, verify, force,
+                                       parallel))
+    document = result.as_dict()
+
+    def human() -> None:
+        src, tgt = result.source, result.target
+        size = f"{result.files} files, {human_bytes(result.bytes)}"
+        if result.status == "planned":
+            print(f"plan: copy {src['name']}/{src['version']} ({size}) from {src['uri']} "
+                  f"to {tgt['name']} in {tgt['uri']}")
+            if tgt["aliases"]:
+                print(f"      then set aliases: {', '.join(tgt['aliases'])}")
+            print("dry run: nothing was changed")
+            return
+        verb = "copied" if result.status == "copied" else "unchanged:"
+        print(f"{verb} {src['name']}/{src['version']} -> {tgt['name']}/{tgt['version']} "
+              f"in {tgt['uri']} ({size}, {result.seconds:.1f}s)")
+        print(f"  digest  {src['digest']}")
+        if tgt["aliases"]:
+            print(f"  aliases {', '.join(tgt['aliases'])}")
+        if result.verified:
+            print("  verified: target files match the source digest")
+
+    quiet_line = (f"{result.target['name']}/{result.target['version']}"
+                  if result.target.get("version") else None)
+    out.result(document, human, quiet_line)
+
+
+def _promote(out: Output, ref: str, source: str | None, target: str | None,
+             profile: str | None, target_name: str | None, aliases: list[str],
+             copy_aliases: bool, dry_run: bool, verify: bool, force: bool,
+             parallel: int | None) -> PromoteResult:
+    from amlpromote.core import config as cfg
+    from amlpromote.core.errors import BadInput
+    from amlpromote.core.promote import PromoteRequest, promote_version
+    from amlpromote.core.refs import parse_model_ref
+    from amlpromote.core.uris import parse_registry_uri
+
+    model_ref = parse_model_ref(ref)
+    profile_name = profile or cfg.DEFAULT_PROFILE
+    profile_values = cfg.load_config().profile(profile_name, required=profile is not None)
+    src = cfg.resolve("source", source, profile_values)
+    tgt = cfg.resolve("target", target, profile_values, cfg.default_target_uri())
+    out.debug(f"profile '{profile_name}'; source from {src.origin}, target from {tgt.origin}")
+    if not src.value:
+        raise BadInput("no source registry given",
+                       hint="pass --source URI, set AMLPROMOTE_SOURCE, or configure a profile: "
+                            "amlpromote configure --source URI")
+    assert tgt.value is not None
+    request = PromoteRequest(
+        ref=model_ref,
+        source=parse_registry_uri(src.value, "source"),
+        target=parse_registry_uri(tgt.value, "target"),
+        target_name=target_name, aliases=aliases, copy_aliases=copy_aliases,
+        dry_run=dry_run, verify=verify, force=force, workers=parallel)
+    if request.source.identity == request.target.identity and not target_name:
+        raise BadInput("source and target are the same registry and no --target-name is given",
+                       hint="name another target, or a new name with --target-name")
+    return promote_version(request, progress=out.progress(), log=out.note)

@@ -1,0 +1,47 @@
+"""Options shared by several commands, declared once, each with its AMLPROMOTE_* variable."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+
+class OutputMode(str, Enum):
+    human = "human"
+    json = "json"
+
+
+OutputOpt = Annotated[
+    OutputMode | None,
+    typer.Option("--output", "-o", envvar="AMLPROMOTE_OUTPUT", case_sensitive=False,
+                 help="Result format: human (tables) or json (one document on stdout)."),
+]
+QuietOpt = Annotated[
+    bool | None,
+    typer.Option("--quiet", "-q", envvar="AMLPROMOTE_QUIET",
+                 help="Print only the essential result; no progress, no notes."),
+]
+VerboseOpt = Annotated[
+    bool | None,
+    typer.Option("--verbose", "-v", envvar="AMLPROMOTE_VERBOSE",
+                 help="Say which setting won and why; show tracebacks of failures."),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", "-p", envvar="AMLPROMOTE_PROFILE",
+                 help="Profile of the config file to use [default: default]."),
+]
+SourceOpt = Annotated[
+    str | None,
+    typer.Option("--source", "-s", envvar="AMLPROMOTE_SOURCE",
+                 help="Source registry URI: file:///path/mlruns, sqlite:///path/mlflow.db, "
+                      "http(s)://host, databricks://PROFILE, databricks-uc://PROFILE."),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option("--target", "-t", envvar="AMLPROMOTE_TARGET",
+                 help="Target registry URI (any MLflow registry URI) "
+                      "[default: the embedded local sqlite registry]."),
+]

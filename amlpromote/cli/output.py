@@ -1,0 +1,208 @@
+"""One output object: human / json / quiet, results on stdout, everything else on stderr.
+
+Both standard streams are wrapped so that whatever is written to them — our own text, a library's
+warning, a traceback in --verbose mode — passes through `redact_text` first: secrets never reach
+a terminal or a CI log, whoever prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, TextIO
+
+from amlpromote.cli.options import OutputMode
+from amlpromote.core.errors import EXIT_FAILED, AmlPromoteError
+from amlpromote.core.uris import redact_text
+
+
+class RedactingStream:
+    """A text stream wrapper that removes credentials from everything written through it."""
+
+    def __init__(self, inner: TextIO) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._inner.write(redact_text(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def install_redaction() -> None:
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout)
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_text(record.getMessage())
+        record.args = None
+        return True
+
+
+def configure_logging(verbose: bool) -> None:
+    """Libraries log to stderr; below WARNING only in --verbose mode, always redacted."""
+    import warnings
+
+    level = logging.DEBUG if verbose else logging.WARNING
+    root = logging.getLogger()
+    if not any(isinstance(f, _RedactingFilter) for f in root.filters):
+        root.addFilter(_RedactingFilter())
+    for name in ("mlflow", "alembic", "azure", "urllib3", "py.warnings", "amlpromote"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO if verbose else logging.WARNING)
+        if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
+            logger.addFilter(_RedactingFilter())
+    root.setLevel(level)
+    if not verbose:
+        warnings.filterwarnings("ignore")
+        # MLflow configures its own handler on import; keep it quiet unless asked.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+@dataclass
+class Output:
+    mode: OutputMode = OutputMode.human
+    quiet: bool = False
+    verbose: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def json(self) -> bool:
+        return self.mode == OutputMode.json
+
+    def _err(self) -> IO[str]:
+        return sys.stderr
+
+    def note(self, message: str) -> None:
+        """A progress note for the CI log (stderr); silent in quiet and json modes."""
+        if self.quiet or self.json:
+            return
+        print(message, file=self._err(), flush=True)
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            print(f"debug: {message}", file=self._err(), flush=True)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            print(f"warning: {message}", file=self._err(), flush=True)
+
+    def result(self, document: dict[str, Any], human: Callable[[], None],
+               quiet_line: str | None = None) -> None:
+        """Print the command's result: a JSON document, a one-liner, or the human rendering."""
+        if self.json:
+            print(json.dumps(document, indent=2, sort_keys=False), flush=True)
+        elif self.quiet:
+            if quiet_line:
+                print(quiet_line, flush=True)
+        else:
+            human()
+
+    def console(self) -> Any:
+        from rich.console import Console
+
+        return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+    def fail(self, error: AmlPromoteError) -> int:
+        """Report an expected failure; returns the exit code."""
+        if self.verbose:
+            traceback.print_exception(error, file=self._err())
+        print(f"error: {error.message}", file=self._err(), flush=True)
+        if error.hint and not self.quiet:
+            print(f"hint: {error.hint}", file=self._err(), flush=True)
+        if self.json:
+            print(json.dumps({"status": "error", "error": {
+                "kind": error.kind, "message": redact_text(error.message),
+                "hint": redact_text(error.hint or ""), "exit_code": error.exit_code}},
+                indent=2), flush=True)
+        return error.exit_code
+
+    def crash(self, exc: BaseException) -> int:
+        """An unexpected exception is a bug: short line, traceback only with --verbose."""
+        if self.verbose:
+            traceback.print_exception(exc, file=self._err())
+        name = exc.__class__.__name__
+        print(f"error: internal error ({name}: {redact_text(str(exc))[:300]})",
+              file=self._err(), flush=True)
+        if not self.verbose:
+            print("hint: run again with --verbose (or AMLPROMOTE_DEBUG=1) for the traceback, "
+                  "and report it", file=self._err(), flush=True)
+        if self.json:
+            print(json.dumps({"status": "error", "error": {
+                "kind": "internal", "message": f"{name}: {redact_text(str(exc))[:300]}",
+                "hint": "", "exit_code": EXIT_FAILED}}, indent=2), flush=True)
+        return EXIT_FAILED
+
+    def progress(self) -> Any:
+        """A transfer progress bar on an interactive stderr, otherwise None."""
+        if self.quiet or self.json or not sys.stderr.isatty():
+            return None
+        return RichTransferProgress()
+
+
+class RichTransferProgress:
+    """A rich bar of bytes and files; its callbacks arrive from worker threads."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TextColumn("{task.fields[files]}"), TimeRemainingColumn(),
+            console=Console(file=sys.stderr), transient=True)
+        self._task: Any = None
+        self._files = 0
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def start(self, description: str, files: int, total_bytes: int | None) -> None:
+        self._files, self._done = files, 0
+        if self._task is None:
+            self._progress.start()
+        else:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=total_bytes,
+                                             files=f"0/{files} files")
+
+    def advance(self, nbytes: int) -> None:
+        self._progress.advance(self._task, nbytes)
+
+    def file_done(self, path: str) -> None:
+        with self._lock:
+            self._done += 1
+            done = self._done
+        self._progress.update(self._task, files=f"{done}/{self._files} files")
+
+    def finish(self) -> None:
+        self._progress.stop()
+        self._task = None
+
+
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"

@@ -1,0 +1,441 @@
+"""Where model files are read from and written to.
+
+An `ArtifactSource` lists a model version's stored files and streams each one in chunks; an
+`ArtifactSink` writes a stream to a path. Three kinds cover every MLflow store:
+
+- local folders (`file://` and plain paths): read and written directly;
+- MLflow's proxied artifact service (`mlflow-artifacts:` URIs of an `mlflow server`): streamed
+  over HTTP, so a copy between two servers never touches the local disk;
+- anything else (s3, gs, wasbs, dbfs, Databricks model URIs ...): through MLflow's own artifact
+  repository for that URI, one file at a time via a temporary file.
+
+Every relative path that comes from a listing is checked: a path that would escape its root
+(`..`, absolute, drive letters) is refused, whatever the source claims.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlsplit
+
+from amlpromote.core.errors import AuthFailed, BadInput, NotFound, OperationFailed
+from amlpromote.core.retry import RETRYABLE_STATUS, TransientError, parse_retry_after
+from amlpromote.core.uris import redact_text
+
+LOCAL_CHUNK = 4 * 1024 * 1024
+HTTP_CHUNK = 1024 * 1024
+
+# A chunk stream: yields views of a buffer that is reused, so each chunk must be consumed
+# (hashed, written) before the next one is asked for.
+Chunks = Iterator[memoryview | bytes]
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    path: str  # relative, POSIX separators, checked by `safe_relative_path`
+    size: int | None
+
+
+class ArtifactSource(Protocol):
+    description: str
+
+    def list_files(self) -> list[ArtifactFile]: ...
+
+    def open(self, path: str) -> AbstractContextManager[Chunks]: ...
+
+
+class ArtifactSink(Protocol):
+    description: str
+
+    def write(self, path: str, size: int | None, chunks: Chunks) -> None: ...
+
+
+def safe_relative_path(path: str) -> str:
+    """Normalise a listed artifact path; refuse anything that could escape its root."""
+    if not path or "\x00" in path:
+        raise BadInput(f"refusing artifact path {path!r}: empty or contains NUL",
+                       hint="the source registry's listing is corrupt or hostile")
+    candidate = path.replace("\\", "/")
+    pure = PurePosixPath(candidate)
+    if (pure.is_absolute() or candidate.startswith("/") or ".." in pure.parts
+            or (len(candidate) > 1 and candidate[1] == ":")):
+        raise BadInput(f"refusing artifact path {path!r}: it escapes the model folder",
+                       hint="the source registry's listing is corrupt or hostile; nothing was "
+                            "written outside the target")
+    parts = [p for p in pure.parts if p not in ("", ".")]
+    if not parts:
+        raise BadInput(f"refusing artifact path {path!r}", hint="the listing is corrupt")
+    return "/".join(parts)
+
+
+def _contained(root: Path, rel: str) -> Path:
+    target = (root / safe_relative_path(rel)).resolve()
+    if target != root.resolve() and root.resolve() not in target.parents:
+        raise BadInput(f"refusing artifact path {rel!r}: it escapes {root}",
+                       hint="a symbolic link in the target folder points outside it")
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Local folders
+
+
+def local_path_of(uri: str) -> Path | None:
+    """The local folder a `file:` URI or plain path names; None for any other scheme."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    if parts.scheme == "" or (len(parts.scheme) == 1 and os.name == "nt"):
+        return Path(uri)
+    return None
+
+
+class LocalSource:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = str(root)
+
+    def list_files(self) -> list[ArtifactFile]:
+        if not self.root.is_dir():
+            raise NotFound(f"the model's artifact folder {self.root} does not exist",
+                           hint="the source registry points at files that were deleted or moved")
+        files = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath) / name
+                rel = full.relative_to(self.root).as_posix()
+                files.append(ArtifactFile(safe_relative_path(rel), full.stat().st_size))
+        return files
+
+    @contextmanager
+    def open(self, path: str) -> Iterator[Chunks]:
+        full = _contained(self.root, path)
+        with open(full, "rb", buffering=0) as handle:
+            yield _read_chunks(handle, LOCAL_CHUNK)
+
+
+def _read_chunks(handle: Any, size: int) -> Chunks:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    while True:
+        count = handle.readinto(buffer)
+        if not count:
+            return
+        yield view[:count]
+
+
+class LocalSink:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = str(root)
+        self._made: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def write(self, path: str, size: int | None, chunks: Chunks) -> None:
+        target = _contained(self.root, path)
+        parent = target.parent
+        with self._lock:
+            if parent not in self._made:
+                try:
+                    parent.mkdir(parents=True, exist_ok=True)
+                except PermissionError as exc:
+                    raise OperationFailed(
+                        f"no permission to write the target folder {parent}",
+                        hint="fix the folder's permissions or choose another target") from exc
+                self._made.add(parent)
+        try:
+            with open(target, "wb", buffering=0) as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+        except PermissionError as exc:
+            raise OperationFailed(f"no permission to write {target}",
+                                  hint="fix the folder's permissions or choose another target") \
+                from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow's proxied artifact service (`mlflow server --serve-artifacts`)
+
+
+@dataclass(frozen=True)
+class HttpEndpoint:
+    """How to reach an MLflow server: base URL without credentials, and the auth to send."""
+
+    base_url: str
+    auth: tuple[str, str] | None
+    headers: dict[str, str]
+    verify: bool | str
+    cert: str | None
+
+    @classmethod
+    def for_tracking_uri(cls, tracking_uri: str) -> HttpEndpoint:
+        """Mirror MLflow's own rules: user info in the URI, then MLFLOW_TRACKING_* variables."""
+        parts = urlsplit(tracking_uri)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port:
+            netloc += f":{parts.port}"
+        base = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+        auth: tuple[str, str] | None = None
+        headers: dict[str, str] = {}
+        if parts.username:
+            auth = (unquote(parts.username), unquote(parts.password or ""))
+        elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            auth = (os.environ["MLFLOW_TRACKING_USERNAME"],
+                    os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]
+        verify: bool | str = True
+        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+            verify = False
+        elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+        return cls(base, auth, headers, verify, os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"))
+
+
+class HttpSession:
+    """A requests session shared by a transfer's threads, with one place that maps HTTP errors."""
+
+    def __init__(self, endpoint: HttpEndpoint, pool_size: int = 16) -> None:
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        self.endpoint = endpoint
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update(endpoint.headers)
+        if endpoint.auth:
+            self._session.auth = endpoint.auth
+        self._session.verify = endpoint.verify
+        if endpoint.cert:
+            self._session.cert = endpoint.cert
+        # Proxies from the environment must not see loopback traffic.
+        self._session.trust_env = True
+
+    def request(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
+        import requests
+
+        kwargs.setdefault("timeout", (10, 300))
+        try:
+            response = self._session.request(method, url, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise OperationFailed(f"TLS failure talking to {self.endpoint.base_url}: "
+                                  f"{redact_text(str(exc.__class__.__name__))}",
+                                  hint="set REQUESTS_CA_BUNDLE to the server's CA bundle") from exc
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError) as exc:
+            raise TransientError(f"{what}: connection to {self.endpoint.base_url} failed "
+                                 f"({exc.__class__.__name__})") from exc
+        check_response(response, what)
+        return response
+
+
+def check_response(response: Any, what: str) -> None:
+    """Raise the matching error for a failed HTTP response; transient ones can be retried."""
+    status = response.status_code
+    if status < 400:
+        return
+    detail = ""
+    try:
+        detail = redact_text(response.text[:300]).strip().replace("\n", " ")
+    except Exception:
+        detail = ""
+    response.close()
+    if status in RETRYABLE_STATUS:
+        raise TransientError(f"{what}: HTTP {status}",
+                             retry_after=parse_retry_after(response.headers.get("Retry-After")))
+    if status in (401, 403):
+        raise AuthFailed(f"{what}: HTTP {status} (not authorized)",
+                         hint="check the credentials (MLFLOW_TRACKING_TOKEN or "
+                              "MLFLOW_TRACKING_USERNAME/PASSWORD) for this registry")
+    if status == 404:
+        raise NotFound(f"{what}: HTTP 404", hint="the registry does not have this artifact")
+    raise OperationFailed(f"{what}: HTTP {status} {detail}".strip(),
+                          hint="see the registry server's log")
+
+
+def proxied_root(uri: str, tracking_uri: str) -> tuple[str, str] | None:
+    """For an `mlflow-artifacts:` (or direct artifact-service) URI: (server base, root path)."""
+    parts = urlsplit(uri)
+    if parts.scheme == "mlflow-artifacts":
+        path = unquote(parts.path).lstrip("/")
+        if parts.netloc:
+            scheme = urlsplit(tracking_uri).scheme if tracking_uri.startswith("http") else "http"
+            return f"{scheme}://{parts.netloc}", path
+        return tracking_uri, path
+    marker = "/api/2.0/mlflow-artifacts/artifacts"
+    if parts.scheme in ("http", "https") and marker in parts.path:
+        prefix, _, rest = parts.path.partition(marker)
+        return f"{parts.scheme}://{parts.netloc}{prefix}", unquote(rest).lstrip("/")
+    return None
+
+
+class ProxiedSource:
+    def __init__(self, session: HttpSession, root: str) -> None:
+        self.session = session
+        self.root = root.strip("/")
+        self.description = f"{session.endpoint.base_url} (artifacts {self.root})"
+        self._api = session.endpoint.base_url + "/api/2.0/mlflow-artifacts/artifacts"
+
+    def _url(self, rel: str) -> str:
+        full = posixpath.join(self.root, safe_relative_path(rel))
+        return f"{self._api}/{quote(full)}"
+
+    def list_files(self) -> list[ArtifactFile]:
+        from amlpromote.core.retry import RetryPolicy, call_with_retry
+
+        files: list[ArtifactFile] = []
+        pending = [""]
+        while pending:
+            rel_dir = pending.pop()
+            listed = posixpath.join(self.root, rel_dir) if rel_dir else self.root
+
+            def fetch(listed: str = listed) -> Any:
+                return self.session.request("GET", self._api, f"listing {listed}",
+                                            params={"path": listed}).json()
+
+            payload = call_with_retry(fetch, RetryPolicy.from_env())
+            for entry in payload.get("files", []):
+                rel = posixpath.join(rel_dir, entry["path"]) if rel_dir else entry["path"]
+                rel = safe_relative_path(rel)
+                if entry.get("is_dir"):
+                    pending.append(rel)
+                else:
+                    size = entry.get("file_size")
+                    files.append(ArtifactFile(rel, int(size) if size is not None else None))
+        return sorted(files, key=lambda f: f.path)
+
+    @contextmanager
+    def open(self, path: str) -> Iterator[Chunks]:
+        response = self.session.request("GET", self._url(path), f"downloading {path}",
+                                        stream=True)
+        try:
+            yield _response_chunks(response, path)
+        finally:
+            response.close()
+
+
+def _response_chunks(response: Any, path: str) -> Chunks:
+    import requests
+
+    try:
+        yield from response.iter_content(chunk_size=HTTP_CHUNK)
+    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        raise TransientError(f"downloading {path}: connection dropped midway") from exc
+
+
+class _StreamingBody:
+    """A file-like request body of known length that pulls chunks on demand.
+
+    requests sends a body with `len` as a Content-Length upload rather than chunked encoding,
+    which every server accepts, and reads it in blocks so memory stays at one chunk.
+    """
+
+    def __init__(self, chunks: Chunks, length: int) -> None:
+        self._chunks = chunks
+        self.len = length
+        self._pending = b""
+
+    def read(self, size: int = -1) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        for chunk in self._chunks:
+            if len(chunk):
+                return bytes(chunk)
+        return b""
+
+
+class ProxiedSink:
+    def __init__(self, session: HttpSession, root: str) -> None:
+        self.session = session
+        self.root = root.strip("/")
+        self.description = f"{session.endpoint.base_url} (artifacts {self.root})"
+        self._api = session.endpoint.base_url + "/api/2.0/mlflow-artifacts/artifacts"
+
+    def write(self, path: str, size: int | None, chunks: Chunks) -> None:
+        full = posixpath.join(self.root, safe_relative_path(path))
+        url = f"{self._api}/{quote(full)}"
+        if size is None:
+            # Unknown length: spool to disk so the server gets a Content-Length upload.
+            with tempfile.TemporaryFile() as spool:
+                for chunk in chunks:
+                    spool.write(chunk)
+                length = spool.tell()
+                spool.seek(0)
+                response = self.session.request("PUT", url, f"uploading {path}", data=spool,
+                                                headers={"Content-Length": str(length)})
+        else:
+            response = self.session.request("PUT", url, f"uploading {path}",
+                                            data=_StreamingBody(chunks, size))
+        response.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Any other artifact store: MLflow's artifact repository for the URI
+
+
+class RepositorySource:
+    """Reads through MLflow's artifact repository; each file lands in a temp folder first."""
+
+    def __init__(self, uri: str, repo_factory: Callable[[str], Any]) -> None:
+        self.uri = uri
+        self.description = redact_text(uri)
+        self._repo = repo_factory(uri)
+
+    def list_files(self) -> list[ArtifactFile]:
+        files: list[ArtifactFile] = []
+        pending: list[str | None] = [None]
+        while pending:
+            folder = pending.pop()
+            for info in self._repo.list_artifacts(folder):
+                rel = safe_relative_path(info.path)
+                if info.is_dir:
+                    pending.append(rel)
+                else:
+                    files.append(ArtifactFile(rel, info.file_size))
+        return sorted(files, key=lambda f: f.path)
+
+    @contextmanager
+    def open(self, path: str) -> Iterator[Chunks]:
+        rel = safe_relative_path(path)
+        scratch = tempfile.mkdtemp(prefix="amlpromote-")
+        try:
+            local = self._repo.download_artifacts(rel, dst_path=scratch)
+            with open(local, "rb", buffering=0) as handle:
+                yield _read_chunks(handle, LOCAL_CHUNK)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+class RepositorySink:
+    def __init__(self, uri: str, repo_factory: Callable[[str], Any]) -> None:
+        self.uri = uri
+        self.description = redact_text(uri)
+        self._repo = repo_factory(uri)
+
+    def write(self, path: str, size: int | None, chunks: Chunks) -> None:
+        rel = safe_relative_path(path)
+        scratch = tempfile.mkdtemp(prefix="amlpromote-")
+        try:
+            # log_artifact names the remote file after the local one, so keep the basename.
+            local = Path(scratch) / posixpath.basename(rel)
+            with open(local, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+            folder = posixpath.dirname(rel) or None
+            self._repo.log_artifact(str(local), folder)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,205 @@
+"""Profiles and the precedence of settings: option > AMLPROMOTE_* environment > profile > default.
+
+Profiles live in one TOML file, at `$AMLPROMOTE_CONFIG` or `config.toml` in the platform's user
+config folder. It is written atomically with mode 0600 and never holds a secret: URIs with
+credentials are refused, since tokens belong to the credential chain or the platform's own files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from amlpromote.core.errors import BadInput, NotFound, OperationFailed
+from amlpromote.core.uris import parse_registry_uri, redact_uri
+
+DEFAULT_PROFILE = "default"
+# The keys a profile may hold, with the environment variable that overrides each.
+PROFILE_KEYS: dict[str, str] = {
+    "source": "AMLPROMOTE_SOURCE",
+    "target": "AMLPROMOTE_TARGET",
+}
+
+
+def config_path() -> Path:
+    """Where the profiles file lives."""
+    explicit = os.environ.get("AMLPROMOTE_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("amlpromote", appauthor=False)) / "config.toml"
+
+
+def data_dir() -> Path:
+    """The folder for the embedded default registry (`$AMLPROMOTE_DATA_DIR` overrides)."""
+    explicit = os.environ.get("AMLPROMOTE_DATA_DIR")
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("amlpromote", appauthor=False))
+
+
+def default_target_uri() -> str:
+    """The embedded default target: a sqlite registry in the user data folder.
+
+    Its artifacts go to `registry/mlflow-artifacts/` beside `registry/mlflow.db`.
+    """
+    return "sqlite:///" + str(data_dir() / "registry" / "mlflow.db")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A resolved value and where it came from (option, environment, profile, default)."""
+
+    value: str | None
+    origin: str
+
+
+@dataclass
+class ConfigFile:
+    """The parsed profiles file."""
+
+    path: Path
+    profiles: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def profile(self, name: str, required: bool) -> dict[str, str]:
+        if name in self.profiles:
+            return self.profiles[name]
+        if required:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise NotFound(f"profile '{name}' is not in {self.path} (profiles: {known})",
+                           hint=f"create it with: amlpromote configure {name} --source URI "
+                                "--target URI")
+        return {}
+
+
+def load_config() -> ConfigFile:
+    """Read the profiles file; a missing file is an empty configuration."""
+    path = config_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return ConfigFile(path)
+    except OSError as exc:
+        raise OperationFailed(f"cannot read the config file {path}: {exc.strerror}",
+                              hint="check its permissions or set AMLPROMOTE_CONFIG") from exc
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"the config file {path} is not valid TOML: {exc}",
+                       hint="fix or delete it, then run amlpromote configure again") from exc
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise BadInput(f"'profiles' in {path} must be a table", hint="fix or delete the file")
+    clean: dict[str, dict[str, str]] = {}
+    for name, values in profiles.items():
+        if not isinstance(values, dict):
+            raise BadInput(f"profile '{name}' in {path} must be a table",
+                           hint="fix or delete the file")
+        clean[name] = {k: str(v) for k, v in values.items() if isinstance(v, str | int | bool)}
+    return ConfigFile(path, clean)
+
+
+def _toml_string(value: str) -> str:
+    # JSON string escapes (\", \\, \n, \uXXXX) are all valid TOML basic-string escapes.
+    return json.dumps(value, ensure_ascii=True)
+
+
+def render_config(config: ConfigFile) -> str:
+    lines = ["# amlpromote profiles. Written by `amlpromote configure`; holds no secrets.", ""]
+    for name in sorted(config.profiles):
+        lines.append(f"[profiles.{_toml_string(name)}]")
+        for key in sorted(config.profiles[name]):
+            lines.append(f"{key} = {_toml_string(config.profiles[name][key])}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(config: ConfigFile) -> None:
+    """Write the file atomically (temp file + rename) with mode 0600."""
+    path = config.path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(render_config(config))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise OperationFailed(f"cannot write the config file {path}: {exc.strerror}",
+                              hint="check the folder's permissions or set AMLPROMOTE_CONFIG") \
+            from exc
+
+
+def validate_profile_value(key: str, value: str) -> str:
+    """Check a value before it is stored; URIs with credentials are refused."""
+    if key not in PROFILE_KEYS:
+        raise BadInput(f"unknown profile setting '{key}'",
+                       hint="known settings: " + ", ".join(sorted(PROFILE_KEYS)))
+    if key in ("source", "target"):
+        parsed = parse_registry_uri(value, role=key)
+        if redact_uri(parsed.uri) != parsed.uri:
+            raise BadInput(
+                f"the {key} URI carries credentials; they are never stored in the config file",
+                hint="drop them from the URI and give them through MLFLOW_TRACKING_USERNAME/"
+                     "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN instead",
+            )
+        return parsed.uri if parsed.is_local else value
+    return value
+
+
+def resolve(key: str, option: str | None, profile: dict[str, str],
+            default: str | None = None) -> Setting:
+    """Apply the precedence rule to one setting."""
+    env_name = PROFILE_KEYS[key]
+    env_value = os.environ.get(env_name)
+    if option is not None and option != "":
+        # Typer fills options from their env var too; equal values mean the env var supplied it.
+        origin = f"environment {env_name}" if option == env_value else "option"
+        return Setting(option, origin)
+    if env_value:
+        return Setting(env_value, f"environment {env_name}")
+    if profile.get(key):
+        return Setting(profile[key], "profile")
+    return Setting(default, "default")
+
+
+def save_profile(name: str, updates: dict[str, str | None]) -> tuple[ConfigFile, dict[str, str]]:
+    """Set (or, with an empty value, remove) settings of one profile and write the file."""
+    if not name or any(c in name for c in "[]\"'\n\\") or name in ("show", "list"):
+        raise BadInput(f"'{name}' is not a usable profile name",
+                       hint="use letters, digits, '-', '_' or '.'")
+    config = load_config()
+    profile = dict(config.profiles.get(name, {}))
+    for key, value in updates.items():
+        if value is None:
+            continue
+        if value == "":
+            profile.pop(key, None)
+        else:
+            profile[key] = validate_profile_value(key, value)
+    config.profiles[name] = profile
+    save_config(config)
+    return config, profile
+
+
+def effective_settings(name: str, explicit: bool) -> dict[str, Setting]:
+    """What a command would use for each setting with this profile and no options."""
+    config = load_config()
+    profile = config.profile(name, required=explicit)
+    defaults = {"target": default_target_uri()}
+    return {key: resolve(key, None, profile, defaults.get(key)) for key in PROFILE_KEYS}

@@ -1,0 +1,60 @@
+"""One exception hierarchy for everything a user can cause or meet.
+
+Every error carries a one-line message, a hint naming what to do next, and the process exit code
+the CLI returns for it. The CLI maps them in one place (`amlpromote.cli.app`).
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_AUTH = 4
+
+
+class AmlPromoteError(Exception):
+    """Base class: an expected failure with a message, a hint and an exit code."""
+
+    exit_code = EXIT_FAILED
+    kind = "failed"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class OperationFailed(AmlPromoteError):
+    """The operation was valid but could not be completed (I/O, network, registry refused)."""
+
+
+class BadInput(AmlPromoteError):
+    """The user's input (option, URI, reference, file) is not usable."""
+
+    exit_code = EXIT_USAGE
+    kind = "bad-input"
+
+
+class NotFound(AmlPromoteError):
+    """A model, version, alias, profile or registry that was named does not exist."""
+
+    exit_code = EXIT_NOT_FOUND
+    kind = "not-found"
+
+
+class AuthFailed(AmlPromoteError):
+    """Authentication or authorization was refused."""
+
+    exit_code = EXIT_AUTH
+    kind = "auth"
+
+
+class Unreachable(OperationFailed):
+    """A registry or service could not be reached (after retries)."""
+
+    kind = "unreachable"

@@ -1,0 +1,211 @@
+"""copy-model: resolve -> plan -> transfer -> register -> verify.
+
+Guarantees (README "Promotion semantics"): the target's files are the source's bytes; a re-run
+with the same source version and digest does nothing; a version is registered only after all
+files are written and checked; two concurrent runs end with one version (the lowest-numbered
+version of the same source and digest wins and the other run deletes its own).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from amlpromote import __version__
+from amlpromote.core import lineage
+from amlpromote.core.errors import BadInput, OperationFailed
+from amlpromote.core.refs import ModelRef
+from amlpromote.core.registry import MlflowRegistry, VersionInfo
+from amlpromote.core.target import MlflowTarget, StagedUpload
+from amlpromote.core.transfer import ArtifactManifest, TransferProgress, copy_files, hash_files
+from amlpromote.core.uris import RegistryUri
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PromoteRequest:
+    ref: ModelRef
+    source: RegistryUri
+    target: RegistryUri
+    target_name: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    copy_aliases: bool = False
+    dry_run: bool = False
+    verify: bool = False
+    force: bool = False
+    workers: int | None = None
+
+
+@dataclass
+class PromoteResult:
+    status: str  # copied | unchanged | planned
+    source: dict[str, Any]
+    target: dict[str, Any]
+    files: int
+    bytes: int
+    seconds: float
+    verified: bool | None = None
+    digest: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "source": self.source, "target": self.target,
+                "files": self.files, "bytes": self.bytes, "seconds": round(self.seconds, 3),
+                "verified": self.verified}
+
+
+def default_target_name(source_name: str) -> str:
+    return source_name
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def promote_version(request: PromoteRequest, progress: TransferProgress | None = None,
+                    log: Log = _quiet) -> PromoteResult:
+    """Copy one model version from the source registry to the target registry."""
+    started = time.monotonic()
+    source = MlflowRegistry(request.source)
+    target = MlflowTarget(MlflowRegistry(request.target))
+
+    version = source.resolve(request.ref)
+    log(f"resolved {request.ref} to {version.name} version {version.version} "
+        f"in {source.display}")
+    artifact_uri = source.artifact_uri(version)
+    reader = source.artifact_source(artifact_uri)
+    files = reader.list_files()
+    if not any(f.path == "MLmodel" for f in files):
+        raise BadInput(
+            f"{version.name} version {version.version} has no MLmodel file at the root of its "
+            f"artifacts ({len(files)} files) — it is not an MLflow model",
+            hint="register the folder that holds MLmodel (the model itself), then copy again")
+    listed_bytes = sum(f.size or 0 for f in files)
+    target_name = request.target_name or default_target_name(version.name)
+    key = lineage.source_key(request.source.identity, version.name, version.version)
+
+    def source_doc(digest: str | None) -> dict[str, Any]:
+        return {"uri": request.source.display, "name": version.name,
+                "version": version.version, "digest": digest}
+
+    def target_doc(v: str | None, aliases: list[str]) -> dict[str, Any]:
+        return {"uri": request.target.display, "name": target_name, "version": v,
+                "aliases": aliases}
+
+    def finish(status: str, manifest: ArtifactManifest | None, tv: str | None,
+               aliases: list[str], verified: bool | None) -> PromoteResult:
+        digest = manifest.digest if manifest else None
+        return PromoteResult(status, source_doc(digest), target_doc(tv, aliases),
+                             manifest.files if manifest else len(files),
+                             manifest.bytes if manifest else listed_bytes,
+                             time.monotonic() - started, verified, digest)
+
+    if not request.dry_run:
+        target.prepare()
+    manifest: ArtifactManifest | None = None
+    candidates = [] if request.force else target.find_promoted(target_name, {lineage.KEY: key})
+    if candidates:
+        log(f"{len(candidates)} earlier promotion(s) of this source version found; "
+            "reading the source to compare digests")
+        manifest = hash_files(reader, files, progress, request.workers, log)
+        same = [c for c in candidates if c.tags.get(lineage.DIGEST) == manifest.digest]
+        if same:
+            existing = same[0]
+            verified = _verify(target, existing, manifest, progress, request, log) \
+                if request.verify and not request.dry_run else None
+            aliases = _apply_aliases(target, request, version, existing, log)
+            return finish("unchanged", manifest, existing.version, aliases, verified)
+    if request.dry_run:
+        return finish("planned", manifest, None, _wanted_aliases(request, version), None)
+
+    staged = target.begin(f"{target_name}-v{version.version}", {lineage.KEY: key})
+    log(f"staging {len(files)} files in {target.display}")
+    try:
+        manifest = copy_files(reader, staged.sink, files, progress, request.workers, log)
+        _check_staged(target, staged, manifest, request, progress, log)
+        rm = source.registered_model(version.name)
+        target.ensure_model(target_name, getattr(rm, "description", None),
+                            {k: v for k, v in (getattr(rm, "tags", None) or {}).items()
+                             if not k.startswith(lineage.PREFIX)})
+        tags = {**lineage.carried_tags(version.tags),
+                **lineage.provenance_tags(
+                    source_uri=request.source.display, source_identity=request.source.identity,
+                    name=version.name, version=version.version, run_id=version.run_id,
+                    model_id=version.model_id, digest=manifest.digest, files=manifest.files,
+                    total_bytes=manifest.bytes, source_tags=version.tags,
+                    tool_version=__version__)}
+        created = target.register(staged, target_name, version.description, tags)
+    except BaseException:
+        target.abort(staged)
+        raise
+    log(f"registered {target_name} version {created.version}")
+
+    status = "copied"
+    winner = created
+    if not request.force:
+        twins = target.find_promoted(target_name, {lineage.KEY: key,
+                                                   lineage.DIGEST: manifest.digest})
+        if twins and int(twins[0].version) < int(created.version):
+            # A concurrent run registered the same source first; keep one version.
+            winner = twins[0]
+            log(f"version {winner.version} holds the same promotion; removing "
+                f"{created.version}")
+            target.delete_version(target_name, created.version)
+            status = "unchanged"
+    aliases = _apply_aliases(target, request, version, winner, log)
+    return finish(status, manifest, winner.version, aliases, True if request.verify else None)
+
+
+def _wanted_aliases(request: PromoteRequest, version: VersionInfo) -> list[str]:
+    wanted = list(request.aliases)
+    if request.copy_aliases:
+        wanted += version.aliases
+    return sorted(set(wanted))
+
+
+def _apply_aliases(target: MlflowTarget, request: PromoteRequest, version: VersionInfo,
+                   dest: VersionInfo, log: Log) -> list[str]:
+    for alias in _wanted_aliases(request, version):
+        log(f"alias {alias} -> {dest.name} version {dest.version}")
+        target.set_alias(dest.name, alias, dest.version)
+    return target.version_aliases(dest.name, dest.version)
+
+
+def _check_staged(target: MlflowTarget, staged: StagedUpload, manifest: ArtifactManifest,
+                  request: PromoteRequest, progress: TransferProgress | None, log: Log) -> None:
+    """Before registering: the staged listing must match what was written (paths and sizes);
+    with --verify, every staged byte is read back and hashed."""
+    reader = target.staged_source(staged)
+    listed = {f.path: f.size for f in reader.list_files()}
+    expected = {e.path: e.size for e in manifest.entries}
+    if listed != expected:
+        missing = sorted(set(expected) - set(listed))
+        odd = sorted(p for p in expected if p in listed and listed[p] != expected[p])
+        raise OperationFailed(
+            f"the target does not hold what was written (missing: {missing[:3]}, "
+            f"size differs: {odd[:3]})",
+            hint="the target storage lost data; nothing was registered — run again")
+    if request.verify:
+        log("verifying: reading the staged files back")
+        check = hash_files(reader, [f for f in reader.list_files()], progress, request.workers,
+                           log)
+        if check.digest != manifest.digest:
+            raise OperationFailed(
+                f"verification failed: target digest {check.digest} != source {manifest.digest}",
+                hint="the target storage altered the files; nothing was registered")
+
+
+def _verify(target: MlflowTarget, existing: VersionInfo, manifest: ArtifactManifest,
+            progress: TransferProgress | None, request: PromoteRequest, log: Log) -> bool:
+    log(f"verifying {existing.name} version {existing.version} in the target")
+    uri = target.registry.artifact_uri(existing)
+    reader = target.registry.artifact_source(uri)
+    check = hash_files(reader, reader.list_files(), progress, request.workers, log)
+    if check.digest != manifest.digest:
+        raise OperationFailed(
+            f"verification failed: {existing.name} version {existing.version} has digest "
+            f"{check.digest}, the source has {manifest.digest}",
+            hint="the target's files were changed; copy again with --force")
+    return True

@@ -1,0 +1,332 @@
+"""One MLflow registry, bound to its URI, with no global MLflow state.
+
+Source and target are two `MlflowRegistry` objects, each with its own `MlflowClient`. Where MLflow
+itself reads the *global* tracking URI (the sqlalchemy and file registry stores resolve a
+`models:/` source through a fresh `MlflowClient()`), the call runs inside `mlflow_globals`, which
+points the globals at this registry for that call only and restores them under a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from amlpromote.core.artifacts import (
+    ArtifactSink,
+    ArtifactSource,
+    HttpEndpoint,
+    HttpSession,
+    LocalSink,
+    LocalSource,
+    ProxiedSink,
+    ProxiedSource,
+    RepositorySink,
+    RepositorySource,
+    local_path_of,
+    proxied_root,
+)
+from amlpromote.core.errors import (
+    AmlPromoteError,
+    AuthFailed,
+    BadInput,
+    NotFound,
+    OperationFailed,
+    Unreachable,
+)
+from amlpromote.core.refs import ModelRef
+from amlpromote.core.uris import RegistryUri, local_path, redact_text
+
+EXPERIMENT_NAME = "amlpromote"
+_GLOBALS_LOCK = threading.RLock()
+
+
+def configure_mlflow_environment() -> None:
+    """Process-wide MLflow settings the tool relies on; a user's own values win.
+
+    MLflow retries a failing REST call for minutes by default; a CI step wants a bounded wait.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+    # No telemetry from a tool that runs in CI; nothing but the registries is contacted.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+@contextmanager
+def mlflow_globals(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking/registry URI at `uri` for one call, then restore them."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    with _GLOBALS_LOCK:
+        saved_tracking = getattr(tracking_utils, "_tracking_uri", None)
+        saved_registry = getattr(registry_utils, "_registry_uri", None)
+        saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        try:
+            setattr(tracking_utils, "_tracking_uri", uri)  # noqa: B010 - private module state
+            setattr(registry_utils, "_registry_uri", uri)  # noqa: B010
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+            os.environ["MLFLOW_REGISTRY_URI"] = uri
+            yield
+        finally:
+            setattr(tracking_utils, "_tracking_uri", saved_tracking)  # noqa: B010
+            setattr(registry_utils, "_registry_uri", saved_registry)  # noqa: B010
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@dataclass
+class VersionInfo:
+    """What we need to know about one registered model version."""
+
+    name: str
+    version: str
+    run_id: str | None
+    model_id: str | None
+    source: str
+    description: str
+    tags: dict[str, str]
+    aliases: list[str]
+    creation_timestamp: int | None
+    status: str = "READY"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mlflow(cls, mv: Any) -> VersionInfo:
+        return cls(
+            name=mv.name,
+            version=str(mv.version),
+            run_id=mv.run_id or None,
+            model_id=getattr(mv, "model_id", None) or None,
+            source=mv.source or "",
+            description=mv.description or "",
+            tags=dict(mv.tags or {}),
+            aliases=list(getattr(mv, "aliases", None) or []),
+            creation_timestamp=mv.creation_timestamp,
+            status=str(getattr(mv, "status", "READY") or "READY"),
+        )
+
+
+def translate_mlflow_error(exc: Exception, what: str, registry: str) -> AmlPromoteError:
+    """Map an MlflowException or a network error to our error types, with secrets removed."""
+    message = redact_text(str(getattr(exc, "message", None) or exc)).strip()
+    first_line = message.splitlines()[0] if message else exc.__class__.__name__
+    if len(first_line) > 300:
+        first_line = first_line[:300] + "..."
+    code = str(getattr(exc, "error_code", "") or "")
+    status = None
+    try:
+        status = exc.get_http_status_code()  # type: ignore[attr-defined]
+    except Exception:
+        status = None
+    lowered = message.lower()
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403) or \
+            ("401" in first_line and "unauthorized" in lowered):
+        return AuthFailed(f"{what}: {registry} refused the credentials ({first_line})",
+                          hint="check the token or user for this registry "
+                               "(MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD, "
+                               "~/.databrickscfg)")
+    if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+        return NotFound(f"{what}: {first_line}", hint=f"check the name in {registry}")
+    if ("max retries exceeded" in lowered or "connection refused" in lowered
+            or "failed to establish" in lowered or "name or service not known" in lowered
+            or "connectionerror" in lowered or "timed out" in lowered):
+        return Unreachable(f"{what}: cannot reach {registry}",
+                           hint="check the URI, the network, and that the server is running")
+    if code == "INVALID_PARAMETER_VALUE":
+        return BadInput(f"{what}: {first_line}", hint=f"check the input against {registry}")
+    if "sqlite" in lowered and ("unable to open" in lowered or "readonly" in lowered
+                                or "read-only" in lowered):
+        return OperationFailed(f"{what}: cannot write the sqlite database of {registry}",
+                               hint="check the folder's permissions or choose another target")
+    return OperationFailed(f"{what}: {first_line}",
+                           hint=f"run again with --verbose for details about {registry}")
+
+
+class MlflowRegistry:
+    """A model registry reached through MLflow's client, bound to one URI."""
+
+    def __init__(self, uri: RegistryUri) -> None:
+        self.uri = uri
+        configure_mlflow_environment()
+        if uri.scheme == "file":
+            # MLflow 3 refuses file stores unless this is set; a user who names one means it.
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+
+    @property
+    def display(self) -> str:
+        return self.uri.display
+
+    @cached_property
+    def client(self) -> Any:
+        from mlflow import MlflowClient
+
+        if self.uri.scheme == "sqlite":
+            folder = local_path(self.uri).parent
+            if not folder.is_dir():
+                raise NotFound(f"the folder of the sqlite registry {self.display} does not exist",
+                               hint="create the folder, or check the path")
+        return MlflowClient(tracking_uri=self.uri.uri, registry_uri=self.uri.uri)
+
+    def call(self, what: str, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one client call, translating failures into our error types."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return operation(*args, **kwargs)
+        except AmlPromoteError:
+            raise
+        except MlflowException as exc:
+            raise translate_mlflow_error(exc, what, self.display) from exc
+        except (OSError, ConnectionError) as exc:
+            raise translate_mlflow_error(exc, what, self.display) from exc
+        except Exception as exc:
+            # sqlalchemy and requests raise their own types; map by message.
+            if exc.__class__.__module__.split(".")[0] in ("sqlalchemy", "requests", "urllib3"):
+                raise translate_mlflow_error(exc, what, self.display) from exc
+            raise
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def resolve(self, ref: ModelRef) -> VersionInfo:
+        """Find the version a reference names; NotFound names what exists instead."""
+        client = self.client
+        what = f"looking up {ref}"
+        if ref.version:
+            mv = self._get_version(ref.name, ref.version, what)
+        elif ref.alias:
+            self._require_model(ref.name, what)
+            try:
+                mv = self.call(what, client.get_model_version_by_alias, ref.name, ref.alias)
+            except (NotFound, BadInput) as exc:
+                raise NotFound(f"model '{ref.name}' has no alias '{ref.alias}' in "
+                               f"{self.display}",
+                               hint=self._alias_hint(ref.name)) from exc
+        else:
+            self._require_model(ref.name, what)
+            versions = self.list_versions(ref.name)
+            if ref.stage:
+                versions = [v for v in versions if v.extra.get("stage") == ref.stage]
+            if not versions:
+                where = f" in stage {ref.stage}" if ref.stage else ""
+                raise NotFound(f"model '{ref.name}' has no versions{where} in {self.display}",
+                               hint="register a version first, or name one that exists")
+            best = max(versions, key=lambda v: int(v.version))
+            return best
+        return VersionInfo.from_mlflow(mv)
+
+    def _alias_hint(self, name: str) -> str:
+        try:
+            rm = self.client.get_registered_model(name)
+            aliases = sorted((getattr(rm, "aliases", None) or {}).keys())
+        except Exception:
+            aliases = []
+        if aliases:
+            return "aliases of this model: " + ", ".join(aliases)
+        return "this model has no aliases; name a version instead (NAME/VERSION)"
+
+    def _require_model(self, name: str, what: str) -> None:
+        try:
+            self.call(what, self.client.get_registered_model, name)
+        except (NotFound, BadInput) as exc:
+            raise NotFound(f"model '{name}' does not exist in {self.display}",
+                           hint="check the name, or list the models with the registry's UI/CLI") \
+                from exc
+
+    def _get_version(self, name: str, version: str, what: str) -> Any:
+        try:
+            return self.call(what, self.client.get_model_version, name, version)
+        except (NotFound, BadInput) as exc:
+            self._require_model(name, what)
+            known = [v.version for v in self.list_versions(name)]
+            listing = ", ".join(sorted(known, key=int)[-10:]) or "none"
+            raise NotFound(f"model '{name}' has no version {version} in {self.display}",
+                           hint=f"versions that exist: {listing}") from exc
+
+    def list_versions(self, name: str, filter_tags: dict[str, str] | None = None) \
+            -> list[VersionInfo]:
+        """All versions of a model (every page), optionally only those with the given tags."""
+        quoted = name.replace("'", "\\'")
+        versions: list[VersionInfo] = []
+        token = None
+        while True:
+            page = self.call(f"listing versions of {name}", self.client.search_model_versions,
+                             f"name='{quoted}'", max_results=200, page_token=token)
+            for mv in page:
+                info = VersionInfo.from_mlflow(mv)
+                info.extra["stage"] = getattr(mv, "current_stage", None)
+                if filter_tags and any(info.tags.get(k) != v for k, v in filter_tags.items()):
+                    continue
+                versions.append(info)
+            token = getattr(page, "token", None)
+            if not token:
+                return versions
+
+    def get_version(self, name: str, version: str) -> VersionInfo:
+        mv = self._get_version(name, version, f"reading {name}/{version}")
+        return VersionInfo.from_mlflow(mv)
+
+    def registered_model(self, name: str) -> Any | None:
+        try:
+            return self.call(f"reading model {name}", self.client.get_registered_model, name)
+        except (NotFound, BadInput):
+            return None
+
+    def artifact_uri(self, version: VersionInfo) -> str:
+        """Where the version's stored files are (not `models:/`, which adds metadata files)."""
+        uri = self.call(f"locating the files of {version.name}/{version.version}",
+                        self.client.get_model_version_download_uri, version.name, version.version)
+        if uri.startswith("models:/m-") or uri.startswith("models:m-"):
+            model_id = uri.split("m-", 1)[1].split("/", 1)[0]
+            logged = self.call("reading the logged model", self.client.get_logged_model,
+                               "m-" + model_id)
+            uri = logged.artifact_location
+        if uri.startswith("runs:/"):
+            run_id, _, sub = uri[len("runs:/"):].partition("/")
+            run = self.call("reading the source run", self.client.get_run, run_id)
+            uri = run.info.artifact_uri.rstrip("/") + ("/" + sub if sub else "")
+        return uri
+
+    def artifact_source(self, uri: str) -> ArtifactSource:
+        local = local_path_of(uri)
+        if local is not None:
+            return LocalSource(self._local_root(local))
+        proxied = proxied_root(uri, self.uri.uri)
+        if proxied is not None:
+            base, root = proxied
+            return ProxiedSource(HttpSession(HttpEndpoint.for_tracking_uri(base)), root)
+        return RepositorySource(uri, self._repository)
+
+    def artifact_sink(self, uri: str) -> ArtifactSink:
+        local = local_path_of(uri)
+        if local is not None:
+            return LocalSink(self._local_root(local))
+        proxied = proxied_root(uri, self.uri.uri)
+        if proxied is not None:
+            base, root = proxied
+            return ProxiedSink(HttpSession(HttpEndpoint.for_tracking_uri(base)), root)
+        return RepositorySink(uri, self._repository)
+
+    def _local_root(self, path: Path) -> Path:
+        if not path.is_absolute() and self.uri.scheme in ("sqlite", "file"):
+            # Relative artifact roots are relative to where the store was created; the best
+            # anchor we have is the store's own folder.
+            return (local_path(self.uri).parent / path).resolve()
+        return path
+
+    def _repository(self, uri: str) -> Any:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with mlflow_globals(self.uri.uri):
+            return get_artifact_repository(uri)

@@ -1,0 +1,181 @@
+"""The target side of a promotion: stage files, then register them as a version.
+
+An MLflow 3 registry takes a version whose source is a LoggedModel: we create one in the
+target (status PENDING), stream the files into its artifact location, mark it READY and only then
+register `models:/<model_id>`. A reader never sees a version whose files are incomplete; an
+interrupted run leaves at most a PENDING logged model, which no registry lists as a version.
+Registries without LoggedModel support (MLflow 2 servers) get the same shape through a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amlpromote.core.artifacts import ArtifactSink
+from amlpromote.core.errors import AmlPromoteError, NotFound, OperationFailed
+from amlpromote.core.registry import EXPERIMENT_NAME, MlflowRegistry, VersionInfo, mlflow_globals
+from amlpromote.core.uris import RegistryUri, local_path
+
+
+@dataclass
+class StagedUpload:
+    """Files being written for a version that is not registered yet."""
+
+    sink: ArtifactSink
+    artifact_uri: str
+    source: str  # what create_model_version gets
+    model_id: str | None = None
+    run_id: str | None = None
+
+
+def sqlite_artifact_root(uri: RegistryUri) -> Path:
+    """A sqlite target without a server keeps artifacts beside its database file."""
+    db = local_path(uri)
+    return db.parent / f"{db.stem}-artifacts"
+
+
+class MlflowTarget:
+    """A registry that receives promoted versions through MLflow's client."""
+
+    def __init__(self, registry: MlflowRegistry) -> None:
+        self.registry = registry
+
+    @property
+    def display(self) -> str:
+        return self.registry.display
+
+    def prepare(self) -> None:
+        """Check early that the target can be written (folders exist and are writable)."""
+        uri = self.registry.uri
+        if uri.scheme == "sqlite":
+            db = local_path(uri)
+            db.parent.mkdir(parents=True, exist_ok=True) if not db.parent.exists() else None
+            _require_writable(db.parent, self.display)
+            root = sqlite_artifact_root(uri)
+            if root.exists():
+                _require_writable(root, self.display)
+        elif uri.scheme == "file":
+            folder = local_path(uri)
+            if folder.exists():
+                _require_writable(folder, self.display)
+            else:
+                try:
+                    folder.mkdir(parents=True)
+                except OSError as exc:
+                    raise OperationFailed(f"cannot create the target folder {folder}",
+                                          hint="check the parent folder's permissions") from exc
+
+    def find_promoted(self, name: str, tags: dict[str, str]) -> list[VersionInfo]:
+        if self.registry.registered_model(name) is None:
+            return []
+        return sorted(self.registry.list_versions(name, filter_tags=tags),
+                      key=lambda v: int(v.version))
+
+    def _experiment_id(self) -> str:
+        client = self.registry.client
+        experiment = self.registry.call("reading the target experiment",
+                                        client.get_experiment_by_name, EXPERIMENT_NAME)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = None
+        if self.registry.uri.scheme == "sqlite":
+            location = sqlite_artifact_root(self.registry.uri).as_uri()
+        try:
+            return str(self.registry.call("creating the target experiment",
+                                          client.create_experiment, EXPERIMENT_NAME,
+                                          artifact_location=location))
+        except AmlPromoteError:
+            # Another run created it meanwhile.
+            experiment = self.registry.call("reading the target experiment",
+                                            client.get_experiment_by_name, EXPERIMENT_NAME)
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
+
+    def begin(self, label: str, tags: dict[str, str]) -> StagedUpload:
+        """Create the container the files go into (a LoggedModel, else a run)."""
+        client = self.registry.client
+        experiment_id = self._experiment_id()
+        try:
+            logged = self.registry.call("creating a logged model in the target",
+                                        client.create_logged_model, experiment_id,
+                                        name=label, tags=tags)
+        except (NotFound, OperationFailed) as exc:
+            if "ENDPOINT_NOT_FOUND" not in str(exc) and "404" not in str(exc) \
+                    and not isinstance(exc, NotFound):
+                raise
+            return self._begin_with_run(experiment_id, label, tags)
+        uri = logged.artifact_location
+        return StagedUpload(self.registry.artifact_sink(uri), uri, f"models:/{logged.model_id}",
+                            model_id=logged.model_id)
+
+    def _begin_with_run(self, experiment_id: str, label: str, tags: dict[str, str]) \
+            -> StagedUpload:
+        client = self.registry.client
+        run = self.registry.call("creating a run in the target", client.create_run,
+                                 experiment_id, run_name=f"amlpromote-{label}", tags=tags)
+        uri = run.info.artifact_uri.rstrip("/") + "/model"
+        return StagedUpload(self.registry.artifact_sink(uri), uri, uri, run_id=run.info.run_id)
+
+    def staged_source(self, staged: StagedUpload) -> Any:
+        return self.registry.artifact_source(staged.artifact_uri)
+
+    def abort(self, staged: StagedUpload) -> None:
+        """Mark the staged container failed; best effort, the original error matters more."""
+        client = self.registry.client
+        try:
+            if staged.model_id:
+                client.finalize_logged_model(staged.model_id, "FAILED")
+            elif staged.run_id:
+                client.set_terminated(staged.run_id, status="FAILED")
+        except Exception:
+            pass
+
+    def ensure_model(self, name: str, description: str | None, tags: dict[str, str]) -> None:
+        client = self.registry.client
+        if self.registry.registered_model(name) is not None:
+            return
+        try:
+            self.registry.call(f"creating model {name}", client.create_registered_model, name,
+                               tags=tags or None, description=description or None)
+        except AmlPromoteError:
+            if self.registry.registered_model(name) is None:
+                raise
+
+    def register(self, staged: StagedUpload, name: str, description: str,
+                 tags: dict[str, str]) -> VersionInfo:
+        client = self.registry.client
+        if staged.model_id:
+            self.registry.call("finalizing the logged model", client.finalize_logged_model,
+                               staged.model_id, "READY")
+        elif staged.run_id:
+            self.registry.call("closing the staging run", client.set_terminated, staged.run_id)
+        # Local registry stores resolve `models:/` through MLflow's global URI; contain it.
+        with mlflow_globals(self.registry.uri.uri):
+            mv = self.registry.call(
+                f"registering {name}", client.create_model_version, name, staged.source,
+                run_id=staged.run_id, tags=tags, description=description or None,
+                model_id=staged.model_id)
+        return VersionInfo.from_mlflow(mv)
+
+    def delete_version(self, name: str, version: str) -> None:
+        self.registry.call(f"deleting {name}/{version}", self.registry.client.delete_model_version,
+                           name, version)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        client = self.registry.client
+        self.registry.call(f"setting alias {alias}", client.set_registered_model_alias,
+                           name, alias, version)
+
+    def version_aliases(self, name: str, version: str) -> list[str]:
+        return sorted(self.registry.get_version(name, version).aliases)
+
+
+def _require_writable(folder: Path, display: str) -> None:
+    import os
+
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OperationFailed(f"no permission to write {folder} (target {display})",
+                              hint="fix the folder's permissions or choose another target")
