@@ -71,6 +71,7 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
     source = MlflowRegistry(request.source)
     target = MlflowTarget(MlflowRegistry(request.target))
 
+    source.require_existing()
     version = source.resolve(request.ref)
     log(f"resolved {request.ref} to {version.name} version {version.version} "
         f"in {source.display}")

@@ -168,6 +168,17 @@ class MlflowRegistry:
     def display(self) -> str:
         return self.uri.display
 
+    def require_existing(self) -> None:
+        """A source must exist: MLflow would silently create an empty local store instead."""
+        if self.uri.scheme in ("sqlite", "file"):
+            path = local_path(self.uri)
+            exists = path.is_file() if self.uri.scheme == "sqlite" else path.is_dir()
+            if not exists:
+                kind = "sqlite database" if self.uri.scheme == "sqlite" else "file store folder"
+                raise NotFound(f"no {kind} at {path} (source {self.display})",
+                               hint="check the path; for a relative sqlite path write "
+                                    "sqlite:///relative.db, for an absolute one sqlite:////abs.db")
+
     @cached_property
     def client(self) -> Any:
         from mlflow import MlflowClient
