@@ -19,8 +19,10 @@ def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AMLPROMOTE_CONFIG", str(path))
     monkeypatch.setenv("AMLPROMOTE_DATA_DIR", str(tmp_path / "data"))
     for key in list(os.environ):
-        if key.startswith("AMLPROMOTE_") and key not in ("AMLPROMOTE_CONFIG",
-                                                         "AMLPROMOTE_DATA_DIR"):
+        if key.startswith("AMLPROMOTE_") and key not in (
+            "AMLPROMOTE_CONFIG",
+            "AMLPROMOTE_DATA_DIR",
+        ):
             monkeypatch.delenv(key)
     return path
 
@@ -31,8 +33,16 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
 
 
 def test_write_show_list(config_file: Path, tmp_path: Path) -> None:
-    code, out = invoke("configure", "prod", "--source", "file:///data/mlruns",
-                       "--target", str(tmp_path / "reg.db"), "-o", "json")
+    code, out = invoke(
+        "configure",
+        "prod",
+        "--source",
+        "file:///data/mlruns",
+        "--target",
+        str(tmp_path / "reg.db"),
+        "-o",
+        "json",
+    )
     assert code == 0, out
     doc = json.loads(out)
     assert doc["status"] == "saved" and doc["profile"] == "prod"
@@ -45,8 +55,9 @@ def test_write_show_list(config_file: Path, tmp_path: Path) -> None:
     settings = json.loads(out)["settings"]
     assert settings["source"] == {"value": "file:///data/mlruns", "origin": "profile"}
 
-    code, out = invoke("configure", "show", "prod", "-o", "json",
-                       env={"AMLPROMOTE_SOURCE": "sqlite:////x.db"})
+    code, out = invoke(
+        "configure", "show", "prod", "-o", "json", env={"AMLPROMOTE_SOURCE": "sqlite:////x.db"}
+    )
     assert json.loads(out)["settings"]["source"]["origin"] == "environment AMLPROMOTE_SOURCE"
 
     invoke("configure", "--source", "file:///other")
@@ -70,8 +81,11 @@ def test_default_show_without_config(config_file: Path, tmp_path: Path) -> None:
 
 
 def test_secrets_are_refused(config_file: Path) -> None:
-    code, out = invoke("configure", "--source", "https://user:s3cr3t@mlflow.example.com")
-    assert code == 2
+    result = CliRunner().invoke(
+        app, ["configure", "--source", "https://user:s3cr3t@mlflow.example.com", "-v"]
+    )
+    assert result.exit_code == 2
+    assert "s3cr3t" not in result.output
     assert not config_file.exists()
     code, _ = invoke("configure", "--source", "https://mlflow.example.com?token=s3cr3t")
     assert code == 2

@@ -103,4 +103,7 @@ _register()
 
 def main() -> None:
     install_redaction()
+    # MLflow starts a telemetry client at import; a CI tool talks to the registries only.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
     app()

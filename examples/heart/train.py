@@ -26,6 +26,9 @@ FEATURES_CATEGORICAL = ["thal"]
 def train_and_register(registry_uri: str, model_name: str = MODEL_NAME,
                        alias: str | None = "champion", data: Path = HERE / "heart.csv") -> str:
     """Train the pipeline, log it to `registry_uri`, register it; returns the new version."""
+    # No telemetry from the demo: it must run with no network but loopback.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
