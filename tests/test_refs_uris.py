@@ -26,8 +26,9 @@ def test_model_refs(text: str, expected: ModelRef) -> None:
     assert parse_model_ref(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "heart/", "heart/0", "heart/x1", "@a", "heart@",
-                                  "models:/m-0123abc"])
+@pytest.mark.parametrize(
+    "text", ["", "heart/", "heart/0", "heart/x1", "@a", "heart@", "models:/m-0123abc"]
+)
 def test_bad_model_refs(text: str) -> None:
     with pytest.raises(BadInput):
         parse_model_ref(text)
@@ -40,8 +41,10 @@ def test_registry_uris(tmp_path: object) -> None:
     assert parse_registry_uri("databricks://prod").scheme == "databricks"
     assert parse_registry_uri("databricks").scheme == "databricks"
     assert parse_registry_uri("https://u:secret@h:5000").display == "https://h:5000"
-    same = {parse_registry_uri(u).identity for u in
-            ("sqlite:////abs/x.db", "/abs/x.db", "sqlite:////abs/./x.db")}
+    same = {
+        parse_registry_uri(u).identity
+        for u in ("sqlite:////abs/x.db", "/abs/x.db", "sqlite:////abs/./x.db")
+    }
     assert same == {"sqlite:////abs/x.db"}
     for bad in ("ftp://x", "s3://bucket/x", "sqlite://relative.db", "https://", "  "):
         with pytest.raises(BadInput):
@@ -50,9 +53,11 @@ def test_registry_uris(tmp_path: object) -> None:
 
 def test_redaction() -> None:
     assert redact_uri("https://user:tok@host/x?sig=abc&sv=1") == "https://host/x?sv=1"
-    text = ("GET https://acct.blob.core.windows.net/c/b?sv=2024&sig=SeCrEt%3D "
-            "Authorization: Bearer eyJhbGciOi.eyJzdWIiOiJ4In0.c2lnbmF0dXJl "
-            "dapi0123456789abcdef0123456789ab http://me:pw@127.0.0.1:5000/api")
+    text = (
+        "GET https://acct.blob.core.windows.net/c/b?sv=2024&sig=SeCrEt%3D "
+        "Authorization: Bearer eyJhbGciOi.eyJzdWIiOiJ4In0.c2lnbmF0dXJl "
+        "dapi0123456789abcdef0123456789ab http://me:pw@127.0.0.1:5000/api"
+    )
     out = redact_text(text)
     for secret in ("SeCrEt", "eyJhbGciOi", "dapi0123456789", "me:pw"):
         assert secret not in out

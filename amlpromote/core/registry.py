@@ -195,7 +195,10 @@ class MlflowRegistry:
         from mlflow.exceptions import MlflowException
 
         try:
-            return operation(*args, **kwargs)
+            # The file and sqlalchemy stores resolve some reads through a fresh MlflowClient()
+            # on the global URI (and would create ./mlflow.db); point it at this registry.
+            with mlflow_globals(self.uri.uri):
+                return operation(*args, **kwargs)
         except AmlPromoteError:
             raise
         except MlflowException as exc:
@@ -238,11 +241,8 @@ class MlflowRegistry:
         return VersionInfo.from_mlflow(mv)
 
     def _alias_hint(self, name: str) -> str:
-        try:
-            rm = self.client.get_registered_model(name)
-            aliases = sorted((getattr(rm, "aliases", None) or {}).keys())
-        except Exception:
-            aliases = []
+        rm = self.registered_model(name)
+        aliases = sorted((getattr(rm, "aliases", None) or {}).keys())
         if aliases:
             return "aliases of this model: " + ", ".join(aliases)
         return "this model has no aliases; name a version instead (NAME/VERSION)"

@@ -15,7 +15,7 @@ from typing import Any
 
 from amlpromote.core.artifacts import ArtifactSink
 from amlpromote.core.errors import AmlPromoteError, NotFound, OperationFailed
-from amlpromote.core.registry import EXPERIMENT_NAME, MlflowRegistry, VersionInfo, mlflow_globals
+from amlpromote.core.registry import EXPERIMENT_NAME, MlflowRegistry, VersionInfo
 from amlpromote.core.uris import RegistryUri, local_path
 
 
@@ -127,9 +127,11 @@ class MlflowTarget:
         client = self.registry.client
         try:
             if staged.model_id:
-                client.finalize_logged_model(staged.model_id, "FAILED")
+                self.registry.call("marking the logged model failed",
+                                   client.finalize_logged_model, staged.model_id, "FAILED")
             elif staged.run_id:
-                client.set_terminated(staged.run_id, status="FAILED")
+                self.registry.call("marking the run failed", client.set_terminated,
+                                   staged.run_id, status="FAILED")
         except Exception:
             pass
 
@@ -152,12 +154,12 @@ class MlflowTarget:
                                staged.model_id, "READY")
         elif staged.run_id:
             self.registry.call("closing the staging run", client.set_terminated, staged.run_id)
-        # Local registry stores resolve `models:/` through MLflow's global URI; contain it.
-        with mlflow_globals(self.registry.uri.uri):
-            mv = self.registry.call(
-                f"registering {name}", client.create_model_version, name, staged.source,
-                run_id=staged.run_id, tags=tags, description=description or None,
-                model_id=staged.model_id)
+        # Local stores resolve the `models:/` source through MLflow's global URI; `call`
+        # points it at this registry.
+        mv = self.registry.call(
+            f"registering {name}", client.create_model_version, name, staged.source,
+            run_id=staged.run_id, tags=tags, description=description or None,
+            model_id=staged.model_id)
         return VersionInfo.from_mlflow(mv)
 
     def delete_version(self, name: str, version: str) -> None:
