@@ -31,7 +31,10 @@ from amlpromote.core.errors import AuthFailed, BadInput, NotFound, OperationFail
 from amlpromote.core.retry import RETRYABLE_STATUS, TransientError, parse_retry_after
 from amlpromote.core.uris import redact_text
 
-LOCAL_CHUNK = 4 * 1024 * 1024
+# 256 KiB: large enough that per-chunk Python overhead is noise (4096 chunks per GiB), small
+# enough that the chunk is still in the CPU cache when it is hashed and then written. Measured on
+# a local 1 GiB copy with 8 workers: 0.54 s at 256 KiB against 1.26 s at 4 MiB.
+LOCAL_CHUNK = 256 * 1024
 HTTP_CHUNK = 1024 * 1024
 
 # A chunk stream: yields views of a buffer that is reused, so each chunk must be consumed
@@ -124,14 +127,38 @@ class LocalSource:
             yield _read_chunks(handle, LOCAL_CHUNK)
 
 
+class _Buffers(threading.local):
+    """One spare read buffer per thread, reused from file to file.
+
+    A fresh buffer per file costs a zeroing pass (bytearray) and, for sizes glibc serves with
+    mmap, page faults on first touch and a munmap at the end: per file, per worker. On VMs that
+    hand freed memory back to the host (virtio-balloon free page reporting) those faults are
+    expensive and made a 1 GiB copy's time swing by 2x; the per-thread heaps they left behind
+    also added ~50 MB to the peak RSS with 8 workers.
+    """
+
+    spare: bytearray | None = None
+
+
+_buffers = _Buffers()
+
+
 def _read_chunks(handle: Any, size: int) -> Chunks:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    while True:
-        count = handle.readinto(buffer)
-        if not count:
-            return
-        yield view[:count]
+    # Take the thread's spare buffer while reading; a second stream opened by the same thread
+    # before this one ends (nothing does that today) gets its own, so chunks never alias.
+    buffer = _buffers.spare if _buffers.spare is not None and len(_buffers.spare) == size \
+        else bytearray(size)
+    _buffers.spare = None
+    try:
+        view = memoryview(buffer)
+        while True:
+            count = handle.readinto(buffer)
+            if not count:
+                return
+            yield view[:count]
+    finally:
+        # The consumer has finished with the last chunk once the generator ends or is closed.
+        _buffers.spare = buffer
 
 
 class LocalSink:
@@ -341,20 +368,20 @@ class _StreamingBody:
 
     requests sends a body with `len` as a Content-Length upload rather than chunked encoding,
     which every server accepts, and reads it in blocks so memory stays at one chunk.
+
+    `read` hands out the chunk itself, without a `bytes()` copy: urllib3 passes each block
+    straight to `socket.sendall` and asks for the next one only after it is sent, so a view of a
+    reused buffer is safe, and a copy would cost a full extra pass over every byte uploaded.
     """
 
     def __init__(self, chunks: Chunks, length: int) -> None:
         self._chunks = chunks
         self.len = length
-        self._pending = b""
 
-    def read(self, size: int = -1) -> bytes:
-        if self._pending:
-            data, self._pending = self._pending, b""
-            return data
+    def read(self, size: int = -1) -> memoryview | bytes:
         for chunk in self._chunks:
             if len(chunk):
-                return bytes(chunk)
+                return chunk
         return b""
 
 

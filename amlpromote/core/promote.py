@@ -15,7 +15,8 @@ from typing import Any
 
 from amlpromote import __version__
 from amlpromote.core import lineage
-from amlpromote.core.errors import BadInput, OperationFailed
+from amlpromote.core.artifacts import ArtifactFile
+from amlpromote.core.errors import AmlPromoteError, BadInput, OperationFailed
 from amlpromote.core.refs import ModelRef
 from amlpromote.core.registry import MlflowRegistry, VersionInfo
 from amlpromote.core.target import MlflowTarget, StagedUpload
@@ -23,6 +24,11 @@ from amlpromote.core.transfer import ArtifactManifest, TransferProgress, copy_fi
 from amlpromote.core.uris import RegistryUri
 
 Log = Callable[[str], None]
+# MLflow writes this file INTO a local store's version folder whenever the version is loaded
+# through `models:/NAME/VERSION`. It is MLflow's metadata about the registry it was read from,
+# not part of the model (README: "not the extra metadata MLflow adds on a models:/ download");
+# counting it would make a re-run after a load copy again, and --verify fail after a load.
+MLFLOW_LOAD_METADATA = "registered_model_meta"
 
 
 @dataclass
@@ -73,11 +79,15 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
 
     source.require_existing()
     version = source.resolve(request.ref)
+    if request.copy_aliases and not (request.ref.version or request.ref.alias):
+        # NAME, NAME/latest and NAME/Production resolve through a version search, and the
+        # sqlalchemy and REST stores list versions without their aliases.
+        version.aliases = source.get_version(version.name, version.version).aliases
     log(f"resolved {request.ref} to {version.name} version {version.version} "
         f"in {source.display}")
     artifact_uri = source.artifact_uri(version)
     reader = source.artifact_source(artifact_uri)
-    files = reader.list_files()
+    files = _model_files(reader.list_files())
     if not any(f.path == "MLmodel" for f in files):
         raise BadInput(
             f"{version.name} version {version.version} has no MLmodel file at the root of its "
@@ -134,10 +144,19 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
                 **lineage.provenance_tags(
                     source_uri=request.source.display, source_identity=request.source.identity,
                     name=version.name, version=version.version, run_id=version.run_id,
-                    model_id=version.model_id, digest=manifest.digest, files=manifest.files,
+                    model_id=version.model_id or _logged_model_id(version.source),
+                    digest=manifest.digest, files=manifest.files,
                     total_bytes=manifest.bytes, source_tags=version.tags,
                     tool_version=__version__)}
-        created = target.register(staged, target_name, version.description, tags)
+        try:
+            created = target.register(staged, target_name, version.description, tags)
+        except AmlPromoteError:
+            # The registry may have registered the version and lost only its answer; then the
+            # promotion succeeded and the staged files are in use.
+            found = target.registered_from(staged, target_name)
+            if found is None:
+                raise
+            created = found
     except BaseException:
         target.abort(staged)
         raise
@@ -157,6 +176,18 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
             status = "unchanged"
     aliases = _apply_aliases(target, request, version, winner, log)
     return finish(status, manifest, winner.version, aliases, True if request.verify else None)
+
+
+def _model_files(files: list[ArtifactFile]) -> list[ArtifactFile]:
+    return [f for f in files if f.path != MLFLOW_LOAD_METADATA]
+
+
+def _logged_model_id(source: str) -> str | None:
+    """The LoggedModel behind a version whose source is `models:/m-<id>`: the sqlalchemy and
+    REST stores leave the version's own `model_id` empty for those."""
+    if source.startswith("models:/m-"):
+        return source[len("models:/"):].split("/", 1)[0]
+    return None
 
 
 def _wanted_aliases(request: PromoteRequest, version: VersionInfo) -> list[str]:
@@ -203,7 +234,7 @@ def _verify(target: MlflowTarget, existing: VersionInfo, manifest: ArtifactManif
     log(f"verifying {existing.name} version {existing.version} in the target")
     uri = target.registry.artifact_uri(existing)
     reader = target.registry.artifact_source(uri)
-    check = hash_files(reader, reader.list_files(), progress, request.workers, log)
+    check = hash_files(reader, _model_files(reader.list_files()), progress, request.workers, log)
     if check.digest != manifest.digest:
         raise OperationFailed(
             f"verification failed: {existing.name} version {existing.version} has digest "

@@ -43,6 +43,13 @@ from amlpromote.core.refs import ModelRef
 from amlpromote.core.uris import RegistryUri, local_path, redact_text
 
 EXPERIMENT_NAME = "amlpromote"
+# MLflow's retry settings and how MLflow parses each (mlflow.environment_variables).
+_MLFLOW_NUMERIC_SETTINGS: dict[str, type[int] | type[float]] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": int,
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": int,
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": float,
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": int,
+}
 _GLOBALS_LOCK = threading.RLock()
 
 
@@ -55,6 +62,16 @@ def configure_mlflow_environment() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+    # MLflow parses these lazily, deep inside a request, and a malformed value (a user who
+    # writes BACKOFF_FACTOR=0.5) would surface as an internal error; name the setting instead.
+    for key, kind in _MLFLOW_NUMERIC_SETTINGS.items():
+        value = os.environ[key]
+        try:
+            kind(value)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise BadInput(f"{key}={value!r} is not {noun}",
+                           hint=f"set {key} to {noun} or unset it") from None
     # No telemetry from a tool that runs in CI; nothing but the registries is contacted.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")

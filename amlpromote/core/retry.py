@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from amlpromote.core.errors import BadInput
+
 T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -36,7 +38,14 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
-        attempts = int(os.environ.get("AMLPROMOTE_RETRIES", "5")) + 1
+        raw = os.environ.get("AMLPROMOTE_RETRIES", "5")
+        try:
+            attempts = int(raw) + 1
+        except ValueError:
+            # A malformed setting is the user's input, not a crash in the middle of a transfer.
+            raise BadInput(f"AMLPROMOTE_RETRIES={raw!r} is not a whole number",
+                           hint="set AMLPROMOTE_RETRIES to the number of retries (default 5)") \
+                from None
         return cls(attempts=max(1, attempts))
 
     def delay(self, attempt: int, retry_after: float | None) -> float:

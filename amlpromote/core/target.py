@@ -9,6 +9,10 @@ Registries without LoggedModel support (MLflow 2 servers) get the same shape thr
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +55,16 @@ class MlflowTarget:
         uri = self.registry.uri
         if uri.scheme == "sqlite":
             db = local_path(uri)
-            db.parent.mkdir(parents=True, exist_ok=True) if not db.parent.exists() else None
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OperationFailed(f"cannot create the target folder {db.parent}",
+                                      hint="check the parent folder's permissions") from exc
             _require_writable(db.parent, self.display)
             root = sqlite_artifact_root(uri)
             if root.exists():
                 _require_writable(root, self.display)
+            self._open_sqlite(db)
         elif uri.scheme == "file":
             folder = local_path(uri)
             if folder.exists():
@@ -67,7 +76,25 @@ class MlflowTarget:
                     raise OperationFailed(f"cannot create the target folder {folder}",
                                           hint="check the parent folder's permissions") from exc
 
+    def _open_sqlite(self, db: Path) -> None:
+        """Open (and on first use create) the sqlite registry, one process at a time.
+
+        MLflow creates a new database's schema when a client first opens it; two runs doing
+        that at once (two CI jobs on a new registry) make the loser fail with "table ...
+        already exists". Both stores of the client are opened under an exclusive lock on the
+        database's folder, so the later run waits and finds the schema complete.
+        """
+        with _folder_lock(db.parent):
+            self.registry.call("opening the target registry",
+                               lambda: self.registry.client.search_registered_models(
+                                   max_results=1))
+
     def find_promoted(self, name: str, tags: dict[str, str]) -> list[VersionInfo]:
+        uri = self.registry.uri
+        if uri.scheme in ("sqlite", "file") and not local_path(uri).exists():
+            # Nothing can have been promoted into a store that does not exist yet, and opening
+            # it would create it (a dry run must change nothing).
+            return []
         if self.registry.registered_model(name) is None:
             return []
         return sorted(self.registry.list_versions(name, filter_tags=tags),
@@ -162,6 +189,14 @@ class MlflowTarget:
             model_id=staged.model_id)
         return VersionInfo.from_mlflow(mv)
 
+    def registered_from(self, staged: StagedUpload, name: str) -> VersionInfo | None:
+        """The version registered from `staged`, if any: a register call whose response was
+        lost may still have created it."""
+        if self.registry.registered_model(name) is None:
+            return None
+        mine = [v for v in self.registry.list_versions(name) if v.source == staged.source]
+        return min(mine, key=lambda v: int(v.version)) if mine else None
+
     def delete_version(self, name: str, version: str) -> None:
         self.registry.call(f"deleting {name}/{version}", self.registry.client.delete_model_version,
                            name, version)
@@ -173,6 +208,22 @@ class MlflowTarget:
 
     def version_aliases(self, name: str, version: str) -> list[str]:
         return sorted(self.registry.get_version(name, version).aliases)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on a folder (POSIX flock; no lock elsewhere)."""
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _require_writable(folder: Path, display: str) -> None:
