@@ -1,0 +1,1649 @@
+"""Azure ML in a box: one loopback HTTPS server that answers what azure-identity, azure-ai-ml and
+azureml-mlflow call, plus a loopback HTTP(S) proxy that stands in for DNS.
+
+What real clients send here (measured by logging every request; mlflow 3.15, azureml-mlflow
+1.62, azure-ai-ml 1.35, azure-identity 1.27):
+
+- azure-identity, managed identity "App Service" flow (chosen because IDENTITY_ENDPOINT and
+  IDENTITY_HEADER are set, before any IMDS probing):
+  `GET {IDENTITY_ENDPOINT}?api-version=2019-08-01&resource=https://management.azure.com`
+  with `X-IDENTITY-HEADER: {IDENTITY_HEADER}`.
+- azure-ai-ml `MLClient(...).workspaces.get(ws)` (ARM base from AZUREML_DEV_URL_MFE):
+  `GET /subscriptions/S/resourceGroups/R/providers/Microsoft.MachineLearningServices/workspaces/W
+  ?api-version=2024-10-01-preview`. `.mlflow_tracking_uri` is `properties.mlFlowTrackingUri`
+  with `/mlflow/v1.0` rewritten to `/mlflow/v2.0` by azureml-mlflow.
+- azureml-mlflow: the MLflow REST API under
+  `/mlflow/v2.0/subscriptions/S/resourceGroups/R/providers/Microsoft.MachineLearningServices/
+  workspaces/W/api/2.0/mlflow/...` (or `.../registries/NAME/...`), forwarded here to a real
+  `mlflow server` per workspace.
+- azureml-mlflow, `create_model_version(source="file:///local/folder")`: the artifact service
+  `POST /artifact/v2.0/.../workspaces/W/artifacts/LocalUpload/{container}/batch/metadata`
+  (returns write SAS URIs), blob PUTs to those URIs, then the version is created with source
+  `azureml://artifacts/LocalUpload/{container}/{folder name}`.
+- Downloading that version: `GET .../artifacts/LocalUpload/{container}` (list) and
+  `GET .../artifacts/LocalUpload/{container}/contentinfo?path=P` (read SAS URI), then blob GETs.
+- Run artifacts (`client.log_artifacts`, `runs:/` and run-sourced versions): the box reports
+  the backend's `mlflow-artifacts:/E/R/artifacts` locations as the workspace form
+  `azureml://HOST/mlflow/v2.0/.../workspaces/W/experiments/E/runs/R/artifacts`, which
+  azureml-mlflow serves through the run history service:
+  `POST /history/v1.0/.../workspaces/W/experiments/E/runs/R/artifacts/batch/metadata`,
+  `GET .../runs/R/artifacts` (list), `GET .../runs/R/artifacts/contentinfo?path=P`.
+  Blobs land at `ExperimentRun/dcid.R/<path>`, as in a real workspace.
+- MLflow 3 LoggedModel endpoints (`/api/2.0/mlflow/logged-models...`) answer 404 with an empty
+  body, as Azure ML does today (set `resource.logged_models = True` to forward them instead);
+  the backend's own artifact proxy (`/api/2.0/mlflow-artifacts/...`) is not reachable.
+
+Why a proxy: azureml-mlflow downloads a file only if its SAS URI matches
+`https://*.blob.<cloud storage suffix>/...` (`core.windows.net` for AzureCloud) and silently
+skips it otherwise, and registry discovery is hard-wired to `https://eastus.api.azureml.ms/`.
+Such names cannot resolve to loopback without touching /etc/hosts, so clients get
+HTTPS_PROXY/HTTP_PROXY pointing at this box (the way a user behind a corporate proxy works):
+CONNECT to `*.blob.core.windows.net:443` is tunnelled to Azurite, `*.api.azureml.ms:443` to this
+server, and everything else is refused with 403 and recorded in `blocked_egress`, so a library
+that tries the internet fails fast and visibly instead of leaving the machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import http.client
+import json
+import re
+import secrets
+import select
+import socket
+import socketserver
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from support.mlflow_server import MlflowServer
+
+from .azurite import ACCOUNT_KEY, ACCOUNT_NAME, DEFAULT_NODE_DIR, Azurite
+from .ca import TestCA
+
+PROVIDER = "Microsoft.MachineLearningServices"
+BLOB_HOST_SUFFIX = ".blob.core.windows.net"
+AML_HOST_SUFFIX = ".api.azureml.ms"
+TOKEN_PATH = "/msi/token"
+DISCOVERY_PATH = "/discovery"
+# Audiences our services accept (ARM's; Azure ML data planes accept ARM tokens too).
+ACCEPTED_AUDIENCES = frozenset(
+    {
+        "https://management.azure.com",
+        "https://management.azure.com/",
+        "https://management.core.windows.net/",
+        "https://ml.azure.com",
+        "https://ml.azure.com/",
+    }
+)
+# The artifact service's datastore for LocalUpload artifacts in a real workspace.
+ARTIFACT_DATASTORE = "workspaceartifactstore"
+_LIST_PAGE_SIZE = 100
+_LOG_LIMIT = 20_000
+_SECRET_QUERY_KEYS = frozenset({"sig", "token", "access_token", "code", "client_secret"})
+
+_SCOPE = (
+    r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/providers/Microsoft\.MachineLearningServices/(?P<kind>workspaces|registries)/(?P<name>[^/]+)"
+)
+_ARM_RESOURCE = re.compile(rf"^{_SCOPE}/?$", re.IGNORECASE)
+_ARM_LIST = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/providers/Microsoft\.MachineLearningServices/(?P<kind>workspaces|registries)/?$",
+    re.IGNORECASE,
+)
+_MLFLOW = re.compile(rf"^/mlflow/v(?P<ver>[12])\.0{_SCOPE}(?P<rest>/.*)$", re.IGNORECASE)
+_ARTIFACT = re.compile(
+    r"^/artifact/v2\.0/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/providers/Microsoft\.MachineLearningServices/(?P<kind>workspaces)/(?P<name>[^/]+)"
+    r"/artifacts/(?P<rest>.+)$",
+    re.IGNORECASE,
+)
+# Run artifacts (the "history" service): what azureml-mlflow's RunArtifactsClient calls for
+# `azureml://.../experiments/E/runs/R/artifacts` URIs.
+_HISTORY = re.compile(
+    r"^/history/v1\.0/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/providers/Microsoft\.MachineLearningServices/(?P<kind>workspaces)/(?P<name>[^/]+)"
+    r"/(?:experiments|experimentids)/(?P<experiment>[^/]+)/runs/(?P<run>[^/]+)/artifacts"
+    r"(?P<rest>/.*)?$",
+    re.IGNORECASE,
+)
+# Artifact locations as the backing `mlflow server` reports them (it proxies artifacts).
+_BACKEND_RUN_ARTIFACTS = re.compile(
+    r"^mlflow-artifacts:/(?P<exp>[^/]+)/(?P<run>[^/]+)/artifacts(?P<rest>/.*)?$"
+)
+_BACKEND_EXPERIMENT = re.compile(r"^mlflow-artifacts:/(?P<exp>[^/]+)/?$")
+# MLflow 3 LoggedModel endpoints: Azure ML answers 404 with an empty body (measured by users
+# with azureml-mlflow 1.60/1.61 and mlflow 3.5-3.8, Azure/azure-sdk-for-python#44896).
+_LOGGED_MODELS = re.compile(r"^/api/[23]\.0/mlflow/logged-models(/|$)")
+_MLFLOW_ARTIFACTS_API = re.compile(r"^/api/[23]\.0/mlflow-artifacts(/|$)")
+_REGISTRY_DISCOVERY = re.compile(
+    r"^/registrymanagement/v1\.0/registries/(?P<name>[^/]+)/discovery$", re.IGNORECASE
+)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# -- model ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A managed identity the token endpoint can issue tokens for."""
+
+    name: str
+    object_id: str
+    client_id: str
+
+
+@dataclass
+class Fault:
+    """One injected fault; see `AzureMLBox.inject_fault`."""
+
+    status: int | None
+    retry_after: float | None
+    delay: float
+    route: str | None
+    method: str | None
+    path: re.Pattern[str] | None
+    times: int | None
+    hits: int = 0
+
+    def matches(self, route: str, method: str, path: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if self.route is not None and self.route != route:
+            return False
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        return self.path is None or self.path.search(path) is not None
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the box saw it (no tokens, no SAS signatures)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    route: str
+    status: int
+    identity: str | None
+    fault: str | None
+    started: float
+    duration: float
+    host: str
+
+
+@dataclass
+class _Artifact:
+    origin: str
+    container: str
+    path: str
+    blob_name: str
+    created: datetime
+    etag: str
+
+
+@dataclass
+class AzureMLResource:
+    """A workspace or a registry: its ARM identity, who may use it, and its MLflow backend."""
+
+    box: AzureMLBox
+    kind: str  # "workspaces" | "registries"
+    subscription_id: str
+    resource_group: str
+    name: str
+    location: str
+    allowed: bool | frozenset[str]  # True: everyone; False: nobody; else object ids
+    backend: MlflowServer | None
+    owns_backend: bool
+    logged_models: bool = False
+    resource_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created: datetime = field(default_factory=_now)
+    artifacts: dict[tuple[str, str], dict[str, _Artifact]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def arm_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/{PROVIDER}/{self.kind}/{self.name}"
+        )
+
+    @property
+    def mlflow_uri_v1(self) -> str:
+        """What ARM reports (`mlFlowTrackingUri` / `mlFlowRegistryUri`)."""
+        return f"azureml://{self.box.netloc}/mlflow/v1.0{self.arm_id}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """What azure-ai-ml hands to users for MLflow 2/3 (`/mlflow/v2.0`)."""
+        return f"azureml://{self.box.netloc}/mlflow/v2.0{self.arm_id}"
+
+    @property
+    def blob_container(self) -> str:
+        # One Azurite account stands for every workspace's storage account, so each workspace
+        # gets its own container (a real one gets its own account with an `azureml` container).
+        return f"azureml-{self.resource_id}"
+
+    def may_use(self, identity: Identity) -> bool:
+        if isinstance(self.allowed, bool):
+            return self.allowed
+        return identity.object_id in self.allowed or identity.name in self.allowed
+
+
+@dataclass
+class _Request:
+    method: str
+    raw_path: str
+    path: str
+    query: dict[str, str]
+    raw_query: str
+    headers: Any
+    body: bytes
+    host: str
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> _Response:
+        merged = {"Content-Type": "application/json; charset=utf-8"}
+        merged.update(headers or {})
+        return cls(status, json.dumps(payload).encode(), merged)
+
+
+class _Unauthenticated(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- the box --------------------------------------------------------------------------------------
+
+
+class AzureMLBox:
+    """Azure ML on loopback: token endpoint, ARM workspace routes, MLflow REST API, artifact
+    service, blob storage (Azurite) and a proxy that keeps every other name off the network.
+
+    Typical use (see tests/test_azureml_box.py)::
+
+        box = AzureMLBox(tmp_dir).start()
+        ws = box.workspace("sub-id", "rg", "ws")          # starts its `mlflow server`
+        env = box.env()                                    # for a client process / monkeypatch
+        ...
+        box.stop()
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        tenant_id: str | None = None,
+        location: str = "eastus",
+        azurite: bool = True,
+        azurite_node_dir: Path | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.tenant_id = tenant_id or str(uuid.uuid4())
+        self.location = location
+        self._want_azurite = azurite
+        self._azurite_node_dir = azurite_node_dir
+        self.ca: TestCA | None = None
+        self.azurite: Azurite | None = None
+        self.identity_header = secrets.token_urlsafe(24)
+        self._signing_key = secrets.token_bytes(32)
+        self.identity = Identity("amlpromote-test-mi", str(uuid.uuid4()), str(uuid.uuid4()))
+        self.identities: dict[str, Identity] = {self.identity.client_id: self.identity}
+        self._resources: dict[tuple[str, str, str, str], AzureMLResource] = {}
+        self._resources_lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self._faults_lock = threading.Lock()
+        self._log: list[RequestRecord] = []
+        self._log_lock = threading.Lock()
+        self.blocked_egress: list[str] = []
+        self._server: _TLSServer | None = None
+        self._proxy: _ProxyServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._blob_service: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("AzureMLBox not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def netloc(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.netloc}"
+
+    @property
+    def proxy_url(self) -> str:
+        if self._proxy is None:
+            raise RuntimeError("AzureMLBox not started")
+        return f"http://127.0.0.1:{self._proxy.server_address[1]}"
+
+    @property
+    def ca_bundle(self) -> Path:
+        if self.ca is None:
+            raise RuntimeError("AzureMLBox not started")
+        return self.ca.bundle_path
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.url}{TOKEN_PATH}"
+
+    def start(self) -> AzureMLBox:
+        if self._server is not None:
+            return self
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ca = TestCA(self.root / "ca")
+        server_cert = self.ca.issue_server_cert(
+            "azureml-box",
+            dns_names=("localhost", f"*{AML_HOST_SUFFIX}"),
+            ip_addresses=("127.0.0.1",),
+        )
+        try:
+            if self._want_azurite:
+                blob_cert = self.ca.issue_server_cert(
+                    "azurite",
+                    dns_names=("localhost", f"*{BLOB_HOST_SUFFIX}"),
+                    ip_addresses=("127.0.0.1",),
+                )
+                self.azurite = Azurite(
+                    self.root / "azurite",
+                    blob_cert,
+                    self.ca.bundle_path,
+                    node_dir=self._azurite_node_dir or DEFAULT_NODE_DIR,
+                ).start()
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(server_cert.chain_path, server_cert.key_path)
+            self._server = _TLSServer(("127.0.0.1", 0), _Handler, self, context)
+            self._proxy = _ProxyServer(("127.0.0.1", 0), _ProxyHandler, self)
+            for name, srv in (("azureml-box", self._server), ("azureml-box-proxy", self._proxy)):
+                thread = threading.Thread(
+                    target=srv.serve_forever, kwargs={"poll_interval": 0.2}, name=name,
+                    daemon=True,
+                )
+                thread.start()
+                self._threads.append(thread)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for srv in (self._proxy, self._server):
+            if srv is not None:
+                srv.shutdown()
+                srv.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+        self._proxy = None
+        self._server = None
+        with self._resources_lock:
+            resources = list(self._resources.values())
+        for resource in resources:
+            if resource.owns_backend and resource.backend is not None:
+                resource.backend.stop()
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
+        self._blob_service = None
+
+    def __enter__(self) -> AzureMLBox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what a client process needs ------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        """Environment variables a client needs, all documented by the libraries that read them.
+
+        AZUREML_DEV_URL_MFE: azure-ai-ml's ARM base URL override.
+        AZUREML_CURRENT_CLOUD: the cloud azure-ai-ml and azureml-mlflow take endpoints, scopes
+            and the storage suffix from (AzureCloud: management.azure.com, core.windows.net).
+        REQUESTS_CA_BUNDLE / SSL_CERT_FILE / CURL_CA_BUNDLE: trust the test CA (requests,
+            urllib/ssl, curl-based tools).
+        IDENTITY_ENDPOINT / IDENTITY_HEADER: the managed identity (App Service) flow of
+            azure-identity / MSAL.
+        HTTPS_PROXY / HTTP_PROXY / NO_PROXY (both cases): blob storage and hard-wired Azure ML
+            host names reach the box through its proxy; loopback goes direct.
+        """
+        proxy = self.proxy_url
+        no_proxy = "127.0.0.1,localhost"
+        return {
+            "AZUREML_DEV_URL_MFE": self.url,
+            "AZUREML_CURRENT_CLOUD": "AzureCloud",
+            "REQUESTS_CA_BUNDLE": str(self.ca_bundle),
+            "SSL_CERT_FILE": str(self.ca_bundle),
+            "CURL_CA_BUNDLE": str(self.ca_bundle),
+            "IDENTITY_ENDPOINT": self.token_endpoint,
+            "IDENTITY_HEADER": self.identity_header,
+            "HTTPS_PROXY": proxy,
+            "HTTP_PROXY": proxy,
+            "https_proxy": proxy,
+            "http_proxy": proxy,
+            "NO_PROXY": no_proxy,
+            "no_proxy": no_proxy,
+        }
+
+    # Variables that would make a client authenticate or connect somewhere else than the box:
+    # other credential sources in DefaultAzureCredential's chain, other managed identity
+    # flavours (which MSAL/azure-identity check before or instead of IDENTITY_ENDPOINT), and
+    # cloud/endpoint overrides.
+    ENV_TO_REMOVE: tuple[str, ...] = (
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_CLIENT_CERTIFICATE_PATH",
+        "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+        "AZURE_TENANT_ID",
+        "AZURE_USERNAME",
+        "AZURE_PASSWORD",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_AUTHORITY_HOST",
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        "AZURE_TOKEN_CREDENTIALS",
+        "AZURE_REGIONAL_AUTHORITY_NAME",
+        "IDENTITY_SERVER_THUMBPRINT",
+        "IMDS_ENDPOINT",
+        "MSI_ENDPOINT",
+        "MSI_SECRET",
+        "ARM_CLOUD_METADATA_URL",
+        "AZUREML_DEV_URL_MLFLOW",
+        "REGISTRY_DISCOVERY_ENDPOINT_URL",
+        "REGISTRY_DISCOVERY_ENDPOINT_REGION",
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_INSECURE_TLS",
+        "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    )
+
+    def client_env(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` (e.g. os.environ) without ENV_TO_REMOVE and with `env()` applied."""
+        env = {k: v for k, v in base.items() if k not in self.ENV_TO_REMOVE}
+        env.update(self.env())
+        return env
+
+    # -- resources ------------------------------------------------------------------------------
+
+    def workspace(
+        self,
+        subscription_id: str,
+        resource_group: str,
+        name: str,
+        *,
+        location: str | None = None,
+        allowed: bool | Iterable[str] = True,
+        backend: MlflowServer | None = None,
+        start_backend: bool = True,
+    ) -> AzureMLResource:
+        """Register a workspace; unless `backend` is given, start its own `mlflow server`.
+
+        `allowed`: True (any identity), False (403 for everyone), or object ids / names.
+        `start_backend=False` for a workspace that only needs ARM answers (no MLflow calls).
+        The returned resource's `logged_models` (default False: 404 like Azure ML) can be
+        switched on to forward MLflow 3 LoggedModel calls to the backend.
+        """
+        return self._register(
+            "workspaces", subscription_id, resource_group, name, location, allowed, backend,
+            start_backend,
+        )
+
+    def registry(
+        self,
+        subscription_id: str,
+        resource_group: str,
+        name: str,
+        *,
+        location: str | None = None,
+        allowed: bool | Iterable[str] = True,
+        backend: MlflowServer | None = None,
+        start_backend: bool = True,
+    ) -> AzureMLResource:
+        """Register an Azure ML registry (MLflow REST API + ARM GET + registry discovery)."""
+        return self._register(
+            "registries", subscription_id, resource_group, name, location, allowed, backend,
+            start_backend,
+        )
+
+    def _register(
+        self,
+        kind: str,
+        subscription_id: str,
+        resource_group: str,
+        name: str,
+        location: str | None,
+        allowed: bool | Iterable[str],
+        backend: MlflowServer | None,
+        start_backend: bool,
+    ) -> AzureMLResource:
+        key = (kind, subscription_id.lower(), resource_group.lower(), name.lower())
+        with self._resources_lock:
+            if key in self._resources:
+                raise ValueError(f"{kind} {name!r} already registered in {resource_group!r}")
+        owns = False
+        if backend is None and start_backend:
+            backend = MlflowServer(self.root / "mlflow" / f"{kind}-{subscription_id}-"
+                                   f"{resource_group}-{name}")
+            backend.start()
+            owns = True
+        resource = AzureMLResource(
+            box=self,
+            kind=kind,
+            subscription_id=subscription_id,
+            resource_group=resource_group,
+            name=name,
+            location=location or self.location,
+            allowed=allowed if isinstance(allowed, bool) else frozenset(allowed),
+            backend=backend,
+            owns_backend=owns,
+        )
+        if self.azurite is not None:
+            self._blob_service_client().create_container(resource.blob_container)
+        with self._resources_lock:
+            self._resources[key] = resource
+        return resource
+
+    def resources(self) -> list[AzureMLResource]:
+        with self._resources_lock:
+            return list(self._resources.values())
+
+    def _find(self, kind: str, sub: str, rg: str, name: str) -> AzureMLResource | None:
+        with self._resources_lock:
+            return self._resources.get((kind.lower(), sub.lower(), rg.lower(), name.lower()))
+
+    def _find_registry_by_name(self, name: str) -> AzureMLResource | None:
+        with self._resources_lock:
+            for (kind, _, _, rname), res in self._resources.items():
+                if kind == "registries" and rname == name.lower():
+                    return res
+        return None
+
+    def _known_scope(self, sub: str, rg: str | None) -> tuple[bool, bool]:
+        with self._resources_lock:
+            keys = list(self._resources)
+        sub_known = any(k[1] == sub.lower() for k in keys)
+        rg_known = rg is not None and any(
+            k[1] == sub.lower() and k[2] == rg.lower() for k in keys
+        )
+        return sub_known, rg_known
+
+    # -- identities and tokens ------------------------------------------------------------------
+
+    def add_identity(self, name: str) -> Identity:
+        """Another (user-assigned) identity; clients select it with its client id."""
+        identity = Identity(name, str(uuid.uuid4()), str(uuid.uuid4()))
+        self.identities[identity.client_id] = identity
+        return identity
+
+    def issue_token(
+        self,
+        resource: str = "https://management.azure.com",
+        identity: Identity | None = None,
+        lifetime: float = 3600,
+    ) -> str:
+        """A signed JWT as the token endpoint would return it (HS256 with a per-box key)."""
+        who = identity or self.identity
+        now = int(time.time())
+        claims = {
+            "aud": resource,
+            "iss": f"https://sts.windows.net/{self.tenant_id}/",
+            "iat": now,
+            "nbf": now - 60,
+            "exp": now + int(lifetime),
+            "appid": who.client_id,
+            "oid": who.object_id,
+            "sub": who.object_id,
+            "tid": self.tenant_id,
+            "idtyp": "app",
+            "xms_mirid": (
+                f"/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/box"
+                f"/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{who.name}"
+            ),
+        }
+        header = {"alg": "HS256", "typ": "JWT"}
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
+        signature = hmac.new(self._signing_key, signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def _verify_token(self, authorization: str | None) -> Identity:
+        if not authorization:
+            raise _Unauthenticated(
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing.",
+            )
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise _Unauthenticated(
+                "InvalidAuthenticationToken",
+                "Authentication failed. The 'Authorization' header is provided in an invalid "
+                "format.",
+            )
+        try:
+            header_b64, claims_b64, signature_b64 = token.split(".")
+            expected = hmac.new(
+                self._signing_key, f"{header_b64}.{claims_b64}".encode(), hashlib.sha256
+            ).digest()
+            if not hmac.compare_digest(expected, _b64url_decode(signature_b64)):
+                raise ValueError("bad signature")
+            claims = json.loads(_b64url_decode(claims_b64))
+        except (ValueError, TypeError) as exc:
+            raise _Unauthenticated(
+                "InvalidAuthenticationToken", "The access token is invalid."
+            ) from exc
+        if claims.get("exp", 0) < time.time():
+            raise _Unauthenticated(
+                "ExpiredAuthenticationToken",
+                "The access token expiry UTC time is earlier than current UTC time.",
+            )
+        if claims.get("aud") not in ACCEPTED_AUDIENCES:
+            raise _Unauthenticated(
+                "InvalidAuthenticationTokenAudience",
+                "The access token has been obtained for wrong audience or resource "
+                f"'{claims.get('aud')}'.",
+            )
+        for identity in self.identities.values():
+            if identity.object_id == claims.get("oid"):
+                return identity
+        raise _Unauthenticated("InvalidAuthenticationToken", "The access token is invalid.")
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def inject_fault(
+        self,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        delay: float = 0.0,
+        route: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        times: int | None = 1,
+    ) -> Fault:
+        """Answer matching requests with `status` (after `delay` seconds), or just slow them
+        down (`status=None`), for the next `times` matches (None: until cleared).
+
+        route: "token", "arm", "discovery", "mlflow", "artifact", "registry-discovery";
+        path: a regular expression searched in the request path.
+        429/503 get a `Retry-After` header when `retry_after` is given.
+        """
+        fault = Fault(
+            status=status,
+            retry_after=retry_after,
+            delay=delay,
+            route=route,
+            method=method,
+            path=re.compile(path) if path is not None else None,
+            times=times,
+        )
+        with self._faults_lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._faults_lock:
+            self._faults.clear()
+
+    def _take_fault(self, route: str, method: str, path: str) -> Fault | None:
+        with self._faults_lock:
+            for fault in self._faults:
+                if fault.matches(route, method, path):
+                    fault.hits += 1
+                    return fault
+        return None
+
+    # -- request log ----------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        with self._log_lock:
+            return list(self._log)
+
+    def clear_requests(self) -> None:
+        with self._log_lock:
+            self._log.clear()
+
+    def requests_for(self, route: str) -> list[RequestRecord]:
+        return [r for r in self.requests if r.route == route]
+
+    def _record(self, record: RequestRecord) -> None:
+        with self._log_lock:
+            self._log.append(record)
+            if len(self._log) > _LOG_LIMIT:
+                del self._log[: len(self._log) - _LOG_LIMIT]
+
+    # -- blob storage ---------------------------------------------------------------------------
+
+    def _blob_service_client(self) -> Any:
+        from azure.storage.blob import BlobServiceClient
+
+        if self.azurite is None:
+            raise RuntimeError("this box was started without Azurite")
+        if self._blob_service is None:
+            # Direct to Azurite's loopback port with the CA pinned, so neither the test
+            # process's proxy variables nor its CA variables matter here.
+            self._blob_service = BlobServiceClient.from_connection_string(
+                self.azurite.connection_string, connection_verify=str(self.ca_bundle)
+            )
+        return self._blob_service
+
+    def blob_names(self, resource: AzureMLResource, prefix: str | None = None) -> list[str]:
+        """Blobs stored for a workspace (as Azurite has them), for assertions."""
+        container = self._blob_service_client().get_container_client(resource.blob_container)
+        return [b.name for b in container.list_blobs(name_starts_with=prefix)]
+
+    def read_blob(self, resource: AzureMLResource, name: str) -> bytes:
+        container = self._blob_service_client().get_container_client(resource.blob_container)
+        data: bytes = container.download_blob(name).readall()
+        return data
+
+    def _sas_url(self, container: str, blob_name: str, *, write: bool) -> str:
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        now = _now()
+        permission = (
+            BlobSasPermissions(read=True, create=True, write=True)
+            if write
+            else BlobSasPermissions(read=True)
+        )
+        sas = generate_blob_sas(
+            account_name=ACCOUNT_NAME,
+            container_name=container,
+            blob_name=blob_name,
+            account_key=ACCOUNT_KEY,
+            permission=permission,
+            start=now - timedelta(minutes=5),
+            expiry=now + timedelta(hours=1),
+            protocol="https",
+        )
+        # Production-style host: azureml-mlflow only downloads from `https://*.blob.<suffix>/`.
+        return (
+            f"https://{ACCOUNT_NAME}{BLOB_HOST_SUFFIX}/{container}/{quote(blob_name)}?{sas}"
+        )
+
+    # -- proxy ----------------------------------------------------------------------------------
+
+    def _tunnel_destination(self, host: str, port: int) -> tuple[str, int] | None:
+        if port != 443:
+            return None
+        if host.endswith(BLOB_HOST_SUFFIX) and self.azurite is not None:
+            return ("127.0.0.1", self.azurite.port)
+        if host.endswith(AML_HOST_SUFFIX):
+            return ("127.0.0.1", self.port)
+        return None
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _route(self, req: _Request) -> tuple[str, Callable[[_Request, re.Match[str] | None],
+                                                       _Response], re.Match[str] | None]:
+        path = req.path
+        if path.rstrip("/").lower() == TOKEN_PATH:
+            return "token", self._handle_token, None
+        if path.rstrip("/").lower() == DISCOVERY_PATH:
+            return "discovery", self._handle_discovery, None
+        if m := _MLFLOW.match(path):
+            return "mlflow", self._handle_mlflow, m
+        if m := _ARTIFACT.match(path):
+            return "artifact", self._handle_artifact, m
+        if m := _HISTORY.match(path):
+            return "artifact", self._handle_run_artifact, m
+        if m := _ARM_RESOURCE.match(path):
+            return "arm", self._handle_arm_resource, m
+        if m := _ARM_LIST.match(path):
+            return "arm", self._handle_arm_list, m
+        if m := _REGISTRY_DISCOVERY.match(path):
+            return "registry-discovery", self._handle_registry_discovery, m
+        return "unknown", self._handle_unknown, None
+
+    def _dispatch(self, req: _Request) -> tuple[_Response, str, str | None, str | None]:
+        """-> (response, route, identity name, fault description)."""
+        route, handler, match = self._route(req)
+        fault = self._take_fault(route, req.method, req.path)
+        fault_text = None
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            if fault.status is not None:
+                fault_text = f"{fault.status}" + (
+                    f" retry-after={fault.retry_after:g}" if fault.retry_after is not None else ""
+                )
+                return self._fault_response(route, fault), route, None, fault_text
+            fault_text = f"delay={fault.delay:g}"
+        self._current_identity.name = None
+        response = handler(req, match)
+        return response, route, self._current_identity.name, fault_text
+
+    _current_identity = threading.local()
+
+    def _fault_response(self, route: str, fault: Fault) -> _Response:
+        assert fault.status is not None
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        code = {429: "TooManyRequests", 503: "ServiceUnavailable"}.get(
+            fault.status, "InjectedFault"
+        )
+        message = f"Injected fault: HTTP {fault.status}."
+        if route == "token":
+            # The App Service identity endpoint's own error shape.
+            return _Response.json(fault.status, {"statusCode": fault.status, "message": message},
+                                  headers)
+        if route == "arm":
+            return _Response.json(fault.status, {"error": {"code": code, "message": message}},
+                                  headers)
+        return self._aml_error(fault.status, code, message, headers=headers)
+
+    # -- error shapes ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _arm_error(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> _Response:
+        return _Response.json(status, {"error": {"code": code, "message": message}}, headers)
+
+    def _aml_error(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        inner: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> _Response:
+        # Azure ML data-plane services answer with ErrorResponse (RootError + correlation).
+        request_id = str(uuid.uuid4())
+        payload = {
+            "error": {
+                "code": "UserError" if status < 500 else "ServiceError",
+                "severity": None,
+                "message": message,
+                "messageFormat": None,
+                "messageParameters": {},
+                "referenceCode": None,
+                "detailsUri": None,
+                "target": None,
+                "details": [],
+                "innerError": {"code": code, "innerError": {"code": inner} if inner else None},
+                "additionalInfo": None,
+            },
+            "correlation": {"operation": request_id, "request": request_id[:16]},
+            "environment": self.location,
+            "location": self.location,
+            "time": _iso(_now()),
+            "componentName": "azureml-box",
+        }
+        return _Response.json(status, payload, headers)
+
+    def _unauthenticated(self, route: str, exc: _Unauthenticated) -> _Response:
+        challenge = (
+            f'Bearer authorization_uri="https://login.windows.net/{self.tenant_id}", '
+            f'error="invalid_token", error_description="{exc.message}"'
+        )
+        headers = {"WWW-Authenticate": challenge}
+        if route == "arm":
+            return self._arm_error(401, exc.code, exc.message, headers)
+        return self._aml_error(401, exc.code, exc.message, headers=headers)
+
+    # -- common checks --------------------------------------------------------------------------
+
+    def _authorize(
+        self, req: _Request, route: str, kind: str, sub: str, rg: str, name: str, action: str
+    ) -> AzureMLResource | _Response:
+        """401 without a valid token, 404 for unknown resources, 403 when not allowed."""
+        try:
+            identity = self._verify_token(req.headers.get("Authorization"))
+        except _Unauthenticated as exc:
+            return self._unauthenticated(route, exc)
+        self._current_identity.name = identity.name
+        resource = self._find(kind, sub, rg, name)
+        singular = kind[:-1] if kind != "registries" else "registry"
+        if resource is None:
+            if route != "arm":
+                return self._aml_error(
+                    404, "NotFound", f"{singular.capitalize()} {name} not found.",
+                    inner="WorkspaceNotFound" if kind == "workspaces" else "RegistryNotFound",
+                )
+            sub_known, rg_known = self._known_scope(sub, rg)
+            if not sub_known:
+                return self._arm_error(404, "SubscriptionNotFound",
+                                       f"The subscription '{sub}' could not be found.")
+            if not rg_known:
+                return self._arm_error(404, "ResourceGroupNotFound",
+                                       f"Resource group '{rg}' could not be found.")
+            return self._arm_error(
+                404,
+                "ResourceNotFound",
+                f"The Resource '{PROVIDER}/{kind}/{name}' under resource group '{rg}' was not "
+                "found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+            )
+        if not resource.may_use(identity):
+            message = (
+                f"The client '{identity.object_id}' with object id '{identity.object_id}' does "
+                f"not have authorization to perform action '{PROVIDER}/{kind}/{action}' over "
+                f"scope '{resource.arm_id}' or the scope is invalid. If access was recently "
+                "granted, please refresh your credentials."
+            )
+            if route == "arm":
+                return self._arm_error(403, "AuthorizationFailed", message)
+            return self._aml_error(403, "AuthorizationFailed", message, inner="Forbidden")
+        return resource
+
+    # -- handlers: token ------------------------------------------------------------------------
+
+    def _handle_token(self, req: _Request, _: re.Match[str] | None) -> _Response:
+        if req.method != "GET":
+            return _Response.json(405, {"statusCode": 405, "message": "Method not allowed"})
+        if not hmac.compare_digest(
+            req.headers.get("X-IDENTITY-HEADER", ""), self.identity_header
+        ):
+            return _Response.json(
+                401, {"statusCode": 401, "message": "Missing or invalid X-IDENTITY-HEADER"}
+            )
+        resource = req.query.get("resource")
+        if not resource:
+            return _Response.json(400, {"statusCode": 400, "message": "resource is required"})
+        client_id = req.query.get("client_id")
+        if client_id is not None:
+            identity = self.identities.get(client_id)
+            if identity is None:
+                return _Response.json(
+                    400, {"statusCode": 400, "message": f"Unknown client_id {client_id}"}
+                )
+        else:
+            identity = self.identity
+        self._current_identity.name = identity.name
+        lifetime = 3600
+        return _Response.json(
+            200,
+            {
+                "access_token": self.issue_token(resource, identity, lifetime),
+                "expires_on": str(int(time.time()) + lifetime),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": identity.client_id,
+            },
+        )
+
+    # -- handlers: ARM --------------------------------------------------------------------------
+
+    def _require_api_version(self, req: _Request) -> _Response | None:
+        if "api-version" not in req.query:
+            return self._arm_error(
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            )
+        return None
+
+    def _handle_arm_resource(self, req: _Request, m: re.Match[str] | None) -> _Response:
+        assert m is not None
+        if (bad := self._require_api_version(req)) is not None:
+            return bad
+        kind = m["kind"].lower()
+        if req.method != "GET":
+            # Creating/updating workspaces is not emulated: tests register them directly.
+            return self._arm_error(
+                405, "MethodNotAllowed", f"{req.method} on {kind} is not emulated by the box."
+            )
+        found = self._authorize(req, "arm", kind, m["sub"], m["rg"], m["name"], "read")
+        if isinstance(found, _Response):
+            return found
+        body = self._workspace_json(found) if kind == "workspaces" else self._registry_json(found)
+        return _Response.json(200, body)
+
+    def _handle_arm_list(self, req: _Request, m: re.Match[str] | None) -> _Response:
+        assert m is not None
+        if (bad := self._require_api_version(req)) is not None:
+            return bad
+        try:
+            identity = self._verify_token(req.headers.get("Authorization"))
+        except _Unauthenticated as exc:
+            return self._unauthenticated("arm", exc)
+        self._current_identity.name = identity.name
+        kind = m["kind"].lower()
+        sub_known, rg_known = self._known_scope(m["sub"], m["rg"])
+        if not sub_known:
+            return self._arm_error(404, "SubscriptionNotFound",
+                                   f"The subscription '{m['sub']}' could not be found.")
+        if not rg_known:
+            return self._arm_error(404, "ResourceGroupNotFound",
+                                   f"Resource group '{m['rg']}' could not be found.")
+        items = [
+            r for r in self.resources()
+            if r.kind == kind
+            and r.subscription_id.lower() == m["sub"].lower()
+            and r.resource_group.lower() == m["rg"].lower()
+            and r.may_use(identity)
+        ]
+        render = self._workspace_json if kind == "workspaces" else self._registry_json
+        return _Response.json(200, {"value": [render(r) for r in items]})
+
+    def _system_data(self, resource: AzureMLResource) -> dict[str, Any]:
+        created = _iso(resource.created)
+        return {
+            "createdAt": created,
+            "createdBy": "amlpromote-tests",
+            "createdByType": "Application",
+            "lastModifiedAt": created,
+            "lastModifiedBy": "amlpromote-tests",
+            "lastModifiedByType": "Application",
+        }
+
+    def _workspace_json(self, ws: AzureMLResource) -> dict[str, Any]:
+        # Shape: azure-rest-api-specs machinelearningservices 2024-10-01-preview
+        # examples/Workspace/get.json, trimmed to what a plain (kind=Default) workspace returns.
+        rg_scope = f"/subscriptions/{ws.subscription_id}/resourceGroups/{ws.resource_group}"
+        short = ws.resource_id.replace("-", "")[:12]
+        return {
+            "id": ws.arm_id,
+            "name": ws.name,
+            "type": f"{PROVIDER}/workspaces",
+            "location": ws.location,
+            "kind": "Default",
+            "tags": {},
+            "etag": None,
+            "identity": {
+                "type": "SystemAssigned",
+                "principalId": str(uuid.uuid5(uuid.NAMESPACE_URL, ws.arm_id)),
+                "tenantId": self.tenant_id,
+            },
+            "sku": {"name": "Basic", "tier": "Basic"},
+            "systemData": self._system_data(ws),
+            "properties": {
+                "workspaceId": ws.resource_id,
+                "friendlyName": ws.name,
+                "description": "",
+                "storageAccount": (
+                    f"{rg_scope}/providers/Microsoft.Storage/storageAccounts/st{short}"
+                ),
+                "keyVault": f"{rg_scope}/providers/Microsoft.KeyVault/vaults/kv{short}",
+                "applicationInsights": (
+                    f"{rg_scope}/providers/Microsoft.Insights/components/ai{short}"
+                ),
+                "containerRegistry": None,
+                "discoveryUrl": f"{self.url}{DISCOVERY_PATH}",
+                "mlFlowTrackingUri": ws.mlflow_uri_v1,
+                "provisioningState": "Succeeded",
+                "creationTime": _iso(ws.created),
+                "hbiWorkspace": False,
+                "storageHbiWorkspace": False,
+                "allowPublicAccessWhenBehindVnet": False,
+                "publicNetworkAccess": "Enabled",
+                "privateLinkCount": 0,
+                "privateEndpointConnections": [],
+                "sharedPrivateLinkResources": [],
+                "v1LegacyMode": False,
+                "enableDataIsolation": False,
+                "tenantId": self.tenant_id,
+                "systemDatastoresAuthMode": "AccessKey",
+            },
+        }
+
+    def _registry_json(self, reg: AzureMLResource) -> dict[str, Any]:
+        return {
+            "id": reg.arm_id,
+            "name": reg.name,
+            "type": f"{PROVIDER}/registries",
+            "location": reg.location,
+            "kind": None,
+            "tags": {},
+            "identity": {"type": "SystemAssigned", "principalId": str(uuid.uuid5(
+                uuid.NAMESPACE_URL, reg.arm_id)), "tenantId": self.tenant_id},
+            "sku": {"name": "P3", "tier": "Standard"},
+            "systemData": self._system_data(reg),
+            "properties": {
+                "discoveryUrl": f"{self.url}{DISCOVERY_PATH}",
+                "intellectualPropertyPublisher": None,
+                "managedResourceGroup": {
+                    "resourceId": f"/subscriptions/{reg.subscription_id}/resourceGroups/"
+                    f"azureml-rg-{reg.name}_{reg.resource_id}"
+                },
+                "mlFlowRegistryUri": reg.mlflow_uri_v1,
+                "publicNetworkAccess": "Enabled",
+                "regionDetails": [
+                    {"location": reg.location, "storageAccountDetails": [], "acrDetails": []}
+                ],
+                "registryPrivateEndpointConnections": [],
+            },
+        }
+
+    def _handle_discovery(self, req: _Request, _: re.Match[str] | None) -> _Response:
+        # Anonymous in the real service too: it only tells clients which hosts to call.
+        base = f"https://{req.host}" if req.host.endswith(AML_HOST_SUFFIX) else self.url
+        services = (
+            "api", "catalog", "experimentation", "gallery", "history", "hyperdrive",
+            "labeling", "modelmanagement", "pipelines", "studio",
+        )
+        return _Response.json(200, {name: base for name in services})
+
+    def _handle_registry_discovery(self, req: _Request, m: re.Match[str] | None) -> _Response:
+        assert m is not None
+        try:
+            identity = self._verify_token(req.headers.get("Authorization"))
+        except _Unauthenticated as exc:
+            return self._unauthenticated("registry-discovery", exc)
+        self._current_identity.name = identity.name
+        reg = self._find_registry_by_name(m["name"])
+        if reg is None:
+            return self._aml_error(404, "NotFound", f"Registry {m['name']} not found.",
+                                   inner="RegistryNotFound")
+        if not reg.may_use(identity):
+            return self._aml_error(403, "AuthorizationFailed",
+                                   f"No access to registry {reg.name}.", inner="Forbidden")
+        return _Response.json(
+            200,
+            {
+                "registryName": reg.name,
+                "tenantId": self.tenant_id,
+                "primaryRegion": reg.location,
+                "regions": [reg.location],
+                "subscriptionId": reg.subscription_id,
+                "resourceGroup": reg.resource_group,
+                "workspaceName": None,
+                "primaryRegionResourceProviderUri": f"{self.url}/",
+            },
+        )
+
+    # -- handlers: MLflow -----------------------------------------------------------------------
+
+    def _handle_mlflow(self, req: _Request, m: re.Match[str] | None) -> _Response:
+        assert m is not None
+        kind = m["kind"].lower()
+        action = "models/write" if req.method != "GET" else "models/read"
+        found = self._authorize(req, "mlflow", kind, m["sub"], m["rg"], m["name"], action)
+        if isinstance(found, _Response):
+            return found
+        if found.backend is None:
+            return self._aml_error(
+                503, "ServiceUnavailable", f"{found.name} has no MLflow backend in this box."
+            )
+        # The raw (still percent-encoded) suffix keeps the request byte-identical.
+        suffix = req.raw_path[m.start("rest"):]
+        api_path = m["rest"]
+        if _LOGGED_MODELS.match(api_path) and not found.logged_models:
+            return _Response(404)  # what Azure ML answers today: 404, empty body
+        if _MLFLOW_ARTIFACTS_API.match(api_path):
+            # Azure ML does not proxy artifacts through its MLflow API; the backend's
+            # `--serve-artifacts` endpoints must stay unreachable through the box.
+            return _Response(404)
+        response = self._forward(found.backend, req, suffix)
+        if kind == "workspaces":
+            response = self._publish_artifact_uris(found, response)
+        return response
+
+    @staticmethod
+    def _forward(backend: MlflowServer, req: _Request, suffix: str) -> _Response:
+        target = suffix + (f"?{req.raw_query}" if req.raw_query else "")
+        headers = {
+            name: req.headers[name]
+            for name in ("Content-Type", "Accept", "User-Agent")
+            if req.headers.get(name)
+        }
+        conn = http.client.HTTPConnection(backend.host, backend.port, timeout=120)
+        try:
+            conn.request(req.method, target, body=req.body or None, headers=headers)
+            upstream = conn.getresponse()
+            body = upstream.read()
+            keep = ("Content-Type", "Content-Disposition")
+            out = {k: v for k in keep if (v := upstream.getheader(k))}
+            return _Response(upstream.status, body, out)
+        finally:
+            conn.close()
+
+    def _public_artifact_uri(self, ws: AzureMLResource, value: str) -> str:
+        """`mlflow-artifacts:/E/R/artifacts/p` (backend) -> the workspace's run artifact URI.
+
+        Real workspaces report `azureml://<region>.api.azureml.ms/mlflow/v2.0/subscriptions/
+        .../workspaces/W/experiments/E/runs/R/artifacts`; azureml-mlflow maps that form to the
+        run artifact ("history") service, which this box serves from Azurite.
+        """
+        base = f"azureml://{self.netloc}/mlflow/v2.0{ws.arm_id}/experiments"
+        if m := _BACKEND_RUN_ARTIFACTS.match(value):
+            return f"{base}/{m['exp']}/runs/{m['run']}/artifacts{m['rest'] or ''}"
+        if m := _BACKEND_EXPERIMENT.match(value):
+            return f"{base}/{m['exp']}"
+        return value
+
+    def _publish_artifact_uris(self, ws: AzureMLResource, response: _Response) -> _Response:
+        if "json" not in response.headers.get("Content-Type", "") or b"mlflow-artifacts:/" \
+                not in response.body:
+            return response
+
+        def walk(node: Any) -> Any:
+            if isinstance(node, dict):
+                return {k: walk(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [walk(v) for v in node]
+            if isinstance(node, str) and node.startswith("mlflow-artifacts:/"):
+                return self._public_artifact_uri(ws, node)
+            return node
+
+        body = json.dumps(walk(json.loads(response.body))).encode()
+        return _Response(response.status, body, dict(response.headers))
+
+    # -- handlers: artifact service -------------------------------------------------------------
+
+    def _artifact_json(self, art: _Artifact) -> dict[str, Any]:
+        artifact_id = f"{art.origin}/{art.container}/{art.path}"
+        return {
+            "artifactId": artifact_id,
+            "origin": art.origin,
+            "container": art.container,
+            "path": art.path,
+            "etag": art.etag,
+            "createdTime": _iso(art.created),
+            "dataPath": {
+                "dataStoreName": ARTIFACT_DATASTORE,
+                "relativePath": art.blob_name,
+                "sqlDataPath": None,
+            },
+            "tags": {},
+        }
+
+    def _content_json(self, ws: AzureMLResource, art: _Artifact, *, write: bool) -> dict[str, Any]:
+        return {
+            "contentUri": self._sas_url(ws.blob_container, art.blob_name, write=write),
+            "origin": art.origin,
+            "container": art.container,
+            "path": art.path,
+            "tags": {},
+        }
+
+    def _handle_artifact(self, req: _Request, m: re.Match[str] | None) -> _Response:
+        assert m is not None
+        action = "experiments/runs/write" if req.method != "GET" else "experiments/runs/read"
+        found = self._authorize(req, "artifact", "workspaces", m["sub"], m["rg"], m["name"],
+                                action)
+        if isinstance(found, _Response):
+            return found
+        if self.azurite is None:
+            return self._aml_error(503, "ServiceUnavailable", "No blob storage in this box.")
+        parts = [unquote(p) for p in m["rest"].split("/")]
+        if len(parts) < 2 or not all(parts[:2]):
+            return self._aml_error(404, "NotFound", f"{req.method} {req.path} is not emulated.")
+        return self._artifact_operation(found, parts[0], parts[1], parts[2:], req)
+
+    def _artifact_operation(
+        self, ws: AzureMLResource, origin: str, container: str, op: list[str], req: _Request
+    ) -> _Response:
+        # Both services share these operations under their container prefix:
+        # .../batch/metadata             POST create empty artifacts -> write SAS URIs
+        # ...                            GET  list (paged: continuationToken / nextLink)
+        # .../path?path=                 GET  list under a path (paged)
+        # .../contentinfo?path=          GET  read SAS URI of one artifact
+        # .../metadata?path=             GET  metadata of one artifact
+        # .../prefix/contentinfo?path=   GET  read SAS URIs under a prefix (paged)
+        method = req.method
+        if op == ["batch", "metadata"] and method == "POST":
+            return self._artifacts_create(ws, origin, container, req)
+        if op in ([], [""]) and method == "GET":
+            return self._artifacts_list(ws, origin, container, req)
+        if op == ["path"] and method == "GET":
+            return self._artifacts_list(ws, origin, container, req)
+        if op == ["contentinfo"] and method == "GET":
+            return self._artifact_lookup(ws, origin, container, req, content=True)
+        if op == ["metadata"] and method == "GET":
+            return self._artifact_lookup(ws, origin, container, req, content=False)
+        if op == ["prefix", "contentinfo"] and method == "GET":
+            return self._artifacts_list(ws, origin, container, req, content=True)
+        return self._aml_error(404, "NotFound", f"{method} {req.path} is not emulated.")
+
+    def _handle_run_artifact(self, req: _Request, m: re.Match[str] | None) -> _Response:
+        assert m is not None
+        action = "experiments/runs/write" if req.method != "GET" else "experiments/runs/read"
+        found = self._authorize(req, "artifact", "workspaces", m["sub"], m["rg"], m["name"],
+                                action)
+        if isinstance(found, _Response):
+            return found
+        if self.azurite is None:
+            return self._aml_error(503, "ServiceUnavailable", "No blob storage in this box.")
+        run_id = unquote(m["run"])
+        if req.method == "POST" and not self._run_exists(found, run_id):
+            return self._aml_error(404, "NotFound", f"Run {run_id} not found.",
+                                   inner="RunNotFound")
+        op = [unquote(p) for p in (m["rest"] or "").strip("/").split("/") if p]
+        # Where real workspaces keep run artifacts: ExperimentRun/dcid.<run id>/<path>.
+        return self._artifact_operation(found, "ExperimentRun", f"dcid.{run_id}", op, req)
+
+    def _run_exists(self, ws: AzureMLResource, run_id: str) -> bool:
+        if ws.backend is None:
+            return False
+        conn = http.client.HTTPConnection(ws.backend.host, ws.backend.port, timeout=30)
+        try:
+            conn.request("GET", f"/api/2.0/mlflow/runs/get?{urlencode({'run_id': run_id})}")
+            response = conn.getresponse()
+            response.read()
+            return response.status == 200
+        finally:
+            conn.close()
+
+    def _artifacts_create(
+        self, ws: AzureMLResource, origin: str, container: str, req: _Request
+    ) -> _Response:
+        try:
+            paths = [p["path"] for p in json.loads(req.body or b"{}").get("paths", [])]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return self._aml_error(
+                400, "BadRequest", 'Body must be {"paths": [{"path": ...}]}.'
+            )
+        artifacts: dict[str, Any] = {}
+        contents: dict[str, Any] = {}
+        with ws.lock:
+            store = ws.artifacts.setdefault((origin, container), {})
+            for path in paths:
+                clean = path.strip("/")
+                if not clean or ".." in clean.split("/"):
+                    return self._aml_error(400, "BadRequest", f"Invalid artifact path {path!r}.")
+                # Re-creating an existing path hands out a fresh write URI (overwrite), which
+                # is what a retried upload needs.
+                art = store.get(clean) or _Artifact(
+                    origin=origin,
+                    container=container,
+                    path=clean,
+                    blob_name=f"{origin}/{container}/{clean}",
+                    created=_now(),
+                    etag=uuid.uuid4().hex,
+                )
+                store[clean] = art
+                artifacts[path] = self._artifact_json(art)
+                contents[path] = self._content_json(ws, art, write=True)
+        return _Response.json(
+            200, {"artifacts": artifacts, "artifactContentInformation": contents, "errors": {}}
+        )
+
+    def _artifacts_list(
+        self,
+        ws: AzureMLResource,
+        origin: str,
+        container: str,
+        req: _Request,
+        *,
+        content: bool = False,
+    ) -> _Response:
+        prefix = (req.query.get("path") or "").strip("/")
+        with ws.lock:
+            # A container nothing was written to lists as empty (a fresh run has no files).
+            store = ws.artifacts.get((origin, container), {})
+            items = sorted(
+                (a for a in store.values()
+                 if not prefix or a.path == prefix or a.path.startswith(prefix + "/")),
+                key=lambda a: a.path,
+            )
+        start = int(req.query.get("continuationToken") or 0)
+        size = int(req.query.get("pageSize") or _LIST_PAGE_SIZE)
+        page = items[start:start + size]
+        token = str(start + size) if start + size < len(items) else None
+        next_link = None
+        if token is not None:
+            query = {k: v for k, v in req.query.items() if k != "continuationToken"}
+            query["continuationToken"] = token
+            next_link = f"https://{req.host}{req.raw_path}?{urlencode(query)}"
+        render: Callable[[_Artifact], dict[str, Any]] = (
+            (lambda a: self._content_json(ws, a, write=False)) if content else self._artifact_json
+        )
+        return _Response.json(
+            200,
+            {"value": [render(a) for a in page], "continuationToken": token, "nextLink": next_link},
+        )
+
+    def _artifact_lookup(
+        self, ws: AzureMLResource, origin: str, container: str, req: _Request, *, content: bool
+    ) -> _Response:
+        path = (req.query.get("path") or "").strip("/")
+        with ws.lock:
+            art = ws.artifacts.get((origin, container), {}).get(path)
+        if art is None:
+            return self._aml_error(
+                404, "NotFound", f"Artifact {origin}/{container}/{path} not found.",
+                inner="ArtifactNotFound",
+            )
+        if content:
+            return _Response.json(200, self._content_json(ws, art, write=False))
+        return _Response.json(200, self._artifact_json(art))
+
+    def _handle_unknown(self, req: _Request, _: re.Match[str] | None) -> _Response:
+        return self._aml_error(404, "NotFound", f"No route for {req.method} {req.path}.")
+
+
+# -- HTTP plumbing --------------------------------------------------------------------------------
+
+
+class _TLSServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        box: AzureMLBox,
+        context: ssl.SSLContext,
+    ) -> None:
+        super().__init__(address, handler)
+        self.box = box
+        self.ssl_context = context
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs here, in the request's own thread, so a slow or broken client
+        # cannot stall the accept loop.
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hanging up mid-response (timeouts in fault tests) are expected; stay quiet.
+        pass
+
+
+def _read_chunked(rfile: Any) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        size_line = rfile.readline(65537)
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass
+            return b"".join(chunks)
+        chunks.append(rfile.read(size))
+        rfile.readline(65537)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the Azure SDK pipelines expect
+    server: _TLSServer
+    timeout = 120
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # every request lands in AzureMLBox.requests instead
+
+    def _serve(self) -> None:
+        started = time.time()
+        split = urlsplit(self.path)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = _read_chunked(self.rfile)
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        req = _Request(
+            method=self.command,
+            raw_path=split.path,
+            path=unquote(split.path),
+            query=dict(parse_qsl(split.query, keep_blank_values=True)),
+            raw_query=split.query,
+            headers=self.headers,
+            body=body,
+            host=(self.headers.get("Host") or "").split(":")[0].lower(),
+        )
+        box = self.server.box
+        try:
+            response, route, identity, fault = box._dispatch(req)
+        except Exception as exc:  # the box must answer, not hang the client
+            response = box._aml_error(500, "InternalServerError", f"azureml-box bug: {exc!r}")
+            route, identity, fault = "error", None, None
+        request_id = str(uuid.uuid4())
+        headers = {
+            "x-ms-request-id": request_id,
+            "x-ms-correlation-request-id": request_id,
+            **response.headers,
+        }
+        # Recorded before the response goes out: a client that gets its answer must find its
+        # request in the log already (tests assert on the log right after the call returns).
+        box._record(
+            RequestRecord(
+                method=req.method,
+                path=req.path,
+                query={
+                    k: ("<redacted>" if k.lower() in _SECRET_QUERY_KEYS else v)
+                    for k, v in req.query.items()
+                },
+                route=route,
+                status=response.status,
+                identity=identity,
+                fault=fault,
+                started=started,
+                duration=time.time() - started,
+                host=req.host,
+            )
+        )
+        self.send_response(response.status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+
+class _ProxyServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[socketserver.BaseRequestHandler],
+        box: AzureMLBox,
+    ) -> None:
+        super().__init__(address, handler)
+        self.box = box
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+class _ProxyHandler(socketserver.StreamRequestHandler):
+    """Just enough of an HTTP proxy: CONNECT tunnels to the box's own services, 403 otherwise."""
+
+    server: _ProxyServer
+    rbufsize = 0  # unbuffered: no TLS bytes may be swallowed while reading the CONNECT header
+    timeout = 120
+
+    def handle(self) -> None:
+        box = self.server.box
+        started = time.time()
+        request_line = self.rfile.readline(65537).decode("latin-1").strip()
+        while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+            pass
+        parts = request_line.split()
+        if len(parts) != 3:
+            return
+        method, target = parts[0].upper(), parts[1]
+        if method == "CONNECT":
+            host, _, port_text = target.rpartition(":")
+            destination = box._tunnel_destination(host.lower(), int(port_text or 0))
+        else:
+            host, destination = urlsplit(target).hostname or target, None
+        status = 200 if destination is not None else 403
+
+        def record() -> None:
+            box._record(RequestRecord(
+                method=method, path=target, query={}, route="proxy", status=status,
+                identity=None, fault=None, started=started, duration=time.time() - started,
+                host=host,
+            ))
+
+        if destination is None:
+            box.blocked_egress.append(target)
+            record()
+            message = f"azureml-box proxy: {target} is not part of the box; refused.\r\n"
+            self.wfile.write(
+                f"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                f"Content-Length: {len(message)}\r\n\r\n{message}".encode()
+            )
+            return
+        record()
+        with contextlib.closing(socket.create_connection(destination, timeout=10)) as upstream:
+            self.wfile.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            _pipe(self.connection, upstream)
+
+
+def _pipe(a: socket.socket, b: socket.socket, idle_timeout: float = 120.0) -> None:
+    sockets = [a, b]
+    while True:
+        readable, _, _ = select.select(sockets, [], [], idle_timeout)
+        if not readable:
+            return
+        for sock in readable:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            other = b if sock is a else a
+            try:
+                other.sendall(data)
+            except OSError:
+                return
+
+
+__all__ = [
+    "AzureMLBox",
+    "AzureMLResource",
+    "Fault",
+    "Identity",
+    "RequestRecord",
+]
