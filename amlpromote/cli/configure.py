@@ -7,7 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from amlpromote.cli.options import OutputOpt, QuietOpt, SourceOpt, TargetOpt, VerboseOpt
+from amlpromote.cli.options import (
+    CredentialOpt,
+    OutputOpt,
+    QuietOpt,
+    RegistryOpt,
+    ResourceGroupOpt,
+    SourceOpt,
+    SubscriptionOpt,
+    TargetOpt,
+    VerboseOpt,
+    WorkspaceOpt,
+)
 from amlpromote.core import config as cfg
 from amlpromote.core.errors import BadInput
 from amlpromote.core.uris import redact_uri
@@ -15,17 +26,29 @@ from amlpromote.core.uris import redact_uri
 HELP = """Write, show and list profiles (where models come from and go to).
 
   amlpromote configure [PROFILE] --source URI --target URI   write a profile
+  amlpromote configure [PROFILE] --source URI --workspace WS --resource-group RG
+                       --subscription SUB [--credential KIND]  target an Azure ML workspace
+  amlpromote configure [PROFILE] --registry NAME               target an Azure ML registry
   amlpromote configure [PROFILE]                             prompt for it (on a terminal)
+  amlpromote configure [PROFILE] --check                     connect to both sides, list models
   amlpromote configure show [PROFILE]                        effective settings and origins
   amlpromote configure list                                  all profiles
 
 PROFILE defaults to "default". Profiles live in $AMLPROMOTE_CONFIG, else config.toml in the
 user config folder; the file is written atomically, mode 0600, and never holds a secret.
-Pass an empty value (--target "") to remove a setting.
+A target is a registry URI, an Azure ML workspace (its MLflow URI is discovered when a command
+runs) or an Azure ML registry; writing one replaces the other. Pass an empty value
+(--target "") to remove a setting. --check exits with the code of the first side that failed.
 
-Example:
+Examples:
 
-  amlpromote configure prod --source databricks://prod --target sqlite:///srv/reg/mlflow.db
+  amlpromote configure prod --source databricks://prod --workspace ml-prod \\
+      --resource-group rg-ml --subscription 00000000-0000-0000-0000-000000000000 --check
+
+  amlpromote configure ci --source databricks://prod --registry shared-models \\
+      --credential environment
+
+  amlpromote configure local --source file:///data/mlruns --target sqlite:///srv/reg/mlflow.db
 """
 
 
@@ -41,6 +64,14 @@ def configure(
         = None,
     source: SourceOpt = None,
     target: TargetOpt = None,
+    workspace: WorkspaceOpt = None,
+    resource_group: ResourceGroupOpt = None,
+    subscription: SubscriptionOpt = None,
+    registry: RegistryOpt = None,
+    credential: CredentialOpt = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Connect to the source and the target, list one page of models on "
+                        "each, and report each side's status.")] = False,
     output: OutputOpt = None,
     quiet: QuietOpt = None,
     verbose: VerboseOpt = None,
@@ -56,28 +87,59 @@ def configure(
                           hint="amlpromote configure [PROFILE] | show [PROFILE] | list"))
         raise typer.Exit(2)
     profile_name = args[0] if args else None
+    # Typer fills options from the environment too; only values typed on this command line
+    # are written into a profile (an AMLPROMOTE_* variable of the CI job must not be stored).
+    updates = {key: value for key, value in {
+        "source": source, "target": target, "workspace": workspace,
+        "resource_group": resource_group, "subscription": subscription, "registry": registry,
+        "credential": credential}.items()
+        if value is not None and _typed(ctx, key)}
 
     if action == "list":
         run(out, lambda: _list(out))
     elif action == "show":
         run(out, lambda: _show(out, profile_name))
     else:
-        run(out, lambda: _set(out, profile_name or cfg.DEFAULT_PROFILE, source, target))
+        name = profile_name or cfg.DEFAULT_PROFILE
+        if updates or not check:
+            run(out, lambda: _set(out, name, updates, quiet_result=check))
+        if check:
+            code = run(out, lambda: _check(out, name, profile_name is not None, updates))
+            if code:
+                raise typer.Exit(code)
 
 
-def _set(out: Any, name: str, source: str | None, target: str | None) -> None:
-    if source is None and target is None:
+def _typed(ctx: typer.Context, name: str) -> bool:
+    # Compared by name: Typer's public API does not export Click's ParameterSource enum.
+    source = ctx.get_parameter_source(name)
+    return getattr(source, "name", "") == "COMMANDLINE"
+
+
+def _set(out: Any, name: str, updates: dict[str, str], quiet_result: bool) -> None:
+    if updates.get("workspace") and updates.get("registry"):
+        raise BadInput("both --workspace and --registry given; a target is one of them",
+                       hint="give --workspace (with --resource-group and --subscription) for a "
+                            "workspace, or --registry for an Azure ML registry")
+    if updates.get("target") and (updates.get("workspace") or updates.get("registry")):
+        raise BadInput("both --target and an Azure ML target given; a target is one of them",
+                       hint="give --target URI, or --workspace/--registry")
+    if not updates:
         if not sys.stdin.isatty() or out.json:
             raise BadInput("nothing to configure: no --source or --target given",
                            hint=f"amlpromote configure {name} --source URI --target URI "
                                 "(or run it on a terminal to be prompted)")
         current = cfg.load_config().profiles.get(name, {})
-        source = typer.prompt("Source registry URI", default=current.get("source", ""),
-                              show_default=bool(current.get("source")))
-        target = typer.prompt("Target registry URI (empty: the local default)",
-                              default=current.get("target", ""),
-                              show_default=bool(current.get("target")))
-    config, profile = cfg.save_profile(name, {"source": source, "target": target})
+        updates["source"] = typer.prompt("Source registry URI",
+                                         default=current.get("source", ""),
+                                         show_default=bool(current.get("source")))
+        updates["target"] = typer.prompt("Target registry URI (empty: the local default)",
+                                         default=current.get("target", ""),
+                                         show_default=bool(current.get("target")))
+    config, profile = cfg.save_profile(name, dict(updates))
+    if quiet_result:
+        # `configure --check` prints one document: the check's.
+        out.note(f"saved profile '{name}' in {config.path}")
+        return
     document = {"status": "saved", "profile": name, "path": str(config.path),
                 "settings": profile}
 
@@ -89,26 +151,80 @@ def _set(out: Any, name: str, source: str | None, target: str | None) -> None:
     out.result(document, human, quiet_line=str(config.path))
 
 
-def _show(out: Any, name: str | None) -> None:
-    explicit = name is not None
+def _check(out: Any, name: str, explicit: bool, options: dict[str, str]) -> int:
     import os
 
+    from amlpromote.core.check import check_source, check_target
+    from amlpromote.core.settings import resolve_target
+
+    if not explicit and os.environ.get("AMLPROMOTE_PROFILE"):
+        name, explicit = os.environ["AMLPROMOTE_PROFILE"], True
+    profile = cfg.load_config().profile(name, required=explicit)
+    source = cfg.resolve("source", options.get("source"), profile)
+    out.note("checking the source ...")
+    results = [check_source(source.value)]
+    out.note("checking the target ...")
+    results.append(check_target(resolve_target(dict(options), profile)))
+    failed = [r for r in results if r.status == "failed"]
+    document = {"profile": name, "status": "failed" if failed else "ok",
+                "checks": [r.as_dict() for r in results]}
+
+    def human() -> None:
+        for r in results:
+            mark = {"ok": "ok", "missing": "ok", "failed": "FAILED"}[r.status]
+            print(f"{r.side:<7} {mark:<7} {r.registry}")
+            if r.status == "failed":
+                print(f"        error: {r.error}")
+                if r.hint:
+                    print(f"        hint:  {r.hint}")
+                continue
+            if r.note:
+                print(f"        {r.note}")
+            if r.status == "ok":
+                shown = ", ".join(r.models) if r.models else "(no models yet)"
+                print(f"        models: {shown}")
+
+    out.result(document, human, quiet_line=document["status"])
+    return failed[0].exit_code if failed else 0
+
+
+def _show(out: Any, name: str | None) -> None:
+    import os
+
+    from amlpromote.core.settings import resolve_target
+
+    explicit = name is not None
     profile_name = name or os.environ.get("AMLPROMOTE_PROFILE") or cfg.DEFAULT_PROFILE
-    settings = cfg.effective_settings(profile_name, explicit or "AMLPROMOTE_PROFILE" in os.environ)
+    explicit = explicit or "AMLPROMOTE_PROFILE" in os.environ
+    settings = cfg.effective_settings(profile_name, explicit)
+    choice = resolve_target({}, cfg.load_config().profile(profile_name, required=explicit))
+    if choice.kind != "uri":
+        # The default sqlite target does not apply when Azure ML coordinates are set.
+        settings["target"] = cfg.Setting(None, "not used")
     document = {
         "profile": profile_name,
         "path": str(cfg.config_path()),
         "settings": {k: {"value": redact_uri(s.value) if s.value else None, "origin": s.origin}
                      for k, s in settings.items()},
+        "target": {"kind": choice.kind, "registry": choice.display, "origin": choice.origin},
     }
 
     def human() -> None:
         print(f"profile '{profile_name}' ({cfg.config_path()})")
         for key, setting in settings.items():
             value = redact_uri(setting.value) if setting.value else "(not set)"
-            print(f"  {key:<8} {value}  [{setting.origin}]")
+            print(f"  {key:<14} {value}  [{setting.origin}]")
+        print(f"  -> target: {choice.display}")
 
     out.result(document, human)
+
+
+def _target_cell(row: dict[str, str]) -> str:
+    if row.get("workspace"):
+        return f"azureml workspace {row.get('resource_group', '?')}/{row['workspace']}"
+    if row.get("registry"):
+        return f"azureml registry {row['registry']}"
+    return row.get("target", "")
 
 
 def _list(out: Any) -> None:
@@ -126,7 +242,7 @@ def _list(out: Any) -> None:
 
         table = Table("profile", "source", "target", box=None, pad_edge=False)
         for row in rows:
-            table.add_row(row["name"], row.get("source", ""), row.get("target", ""))
+            table.add_row(row["name"], row.get("source", ""), _target_cell(row))
         out.console().print(table)
 
     out.result(document, human, quiet_line="\n".join(r["name"] for r in rows))

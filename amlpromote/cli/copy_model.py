@@ -7,12 +7,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from amlpromote.cli.options import (
+    CredentialOpt,
     OutputOpt,
     ProfileOpt,
     QuietOpt,
+    RegistryOpt,
+    ResourceGroupOpt,
     SourceOpt,
+    SubscriptionOpt,
     TargetOpt,
     VerboseOpt,
+    WorkspaceOpt,
 )
 from amlpromote.cli.output import Output, human_bytes
 
@@ -33,6 +38,12 @@ Examples:
       --target sqlite:///srv/registry/mlflow.db --alias staging --verify
 
   amlpromote copy-model models:/fraud@champion --dry-run --output json
+
+  amlpromote copy-model fraud/7 --source databricks://prod --workspace ml-prod \\
+      --resource-group rg-ml --subscription 00000000-0000-0000-0000-000000000000
+
+The target is --target URI, or an Azure ML workspace (--workspace, --resource-group,
+--subscription; its MLflow URI is discovered), or an Azure ML registry (--registry).
 """
 
 
@@ -47,6 +58,11 @@ def copy_model(
     source: SourceOpt = None,
     target: TargetOpt = None,
     profile: ProfileOpt = None,
+    workspace: WorkspaceOpt = None,
+    resource_group: ResourceGroupOpt = None,
+    subscription: SubscriptionOpt = None,
+    registry: RegistryOpt = None,
+    credential: CredentialOpt = None,
     target_name: Annotated[str | None, typer.Option(
         "--target-name", envvar="AMLPROMOTE_TARGET_NAME",
         help="Register under this name in the target [default: the source name].")] = None,
@@ -72,7 +88,11 @@ def copy_model(
     from amlpromote.cli.app import make_output, run
 
     out = make_output(ctx, output, quiet, verbose)
-    result = run(out, lambda: _promote(out, ref, source, target, profile, target_name,
+    from amlpromote.core.settings import target_options
+
+    targets = target_options(target, workspace, resource_group, subscription, registry,
+                             credential)
+    result = run(out, lambda: _promote(out, ref, source, targets, profile, target_name,
                                        alias or [], copy_aliases, dry_run, verify, force,
                                        parallel))
     document = result.as_dict()
@@ -101,7 +121,7 @@ def copy_model(
     out.result(document, human, quiet_line)
 
 
-def _promote(out: Output, ref: str, source: str | None, target: str | None,
+def _promote(out: Output, ref: str, source: str | None, targets: dict[str, str | None],
              profile: str | None, target_name: str | None, aliases: list[str],
              copy_aliases: bool, dry_run: bool, verify: bool, force: bool,
              parallel: int | None) -> PromoteResult:
@@ -109,23 +129,26 @@ def _promote(out: Output, ref: str, source: str | None, target: str | None,
     from amlpromote.core.errors import BadInput
     from amlpromote.core.promote import PromoteRequest, promote_version
     from amlpromote.core.refs import parse_model_ref
+    from amlpromote.core.settings import resolve_target
     from amlpromote.core.uris import parse_registry_uri
 
     model_ref = parse_model_ref(ref)
     profile_name = profile or cfg.DEFAULT_PROFILE
     profile_values = cfg.load_config().profile(profile_name, required=profile is not None)
     src = cfg.resolve("source", source, profile_values)
-    tgt = cfg.resolve("target", target, profile_values, cfg.default_target_uri())
-    out.debug(f"profile '{profile_name}'; source from {src.origin}, target from {tgt.origin}")
+    choice = resolve_target(targets, profile_values)
+    out.debug(f"profile '{profile_name}'; source from {src.origin}, target from {choice.origin}")
     if not src.value:
         raise BadInput("no source registry given",
                        hint="pass --source URI, set AMLPROMOTE_SOURCE, or configure a profile: "
                             "amlpromote configure --source URI")
-    assert tgt.value is not None
+    source_uri = parse_registry_uri(src.value, "source")
+    if choice.kind != "uri":
+        out.note(f"finding the MLflow URI of the {choice.display}")
     request = PromoteRequest(
         ref=model_ref,
-        source=parse_registry_uri(src.value, "source"),
-        target=parse_registry_uri(tgt.value, "target"),
+        source=source_uri,
+        target=choice.registry_uri(),
         target_name=target_name, aliases=aliases, copy_aliases=copy_aliases,
         dry_run=dry_run, verify=verify, force=force, workers=parallel)
     if request.source.identity == request.target.identity and not target_name:

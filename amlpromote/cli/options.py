@@ -45,3 +45,31 @@ TargetOpt = Annotated[
                  help="Target registry URI (any MLflow registry URI) "
                       "[default: the embedded local sqlite registry]."),
 ]
+WorkspaceOpt = Annotated[
+    str | None,
+    typer.Option("--workspace", "-w", envvar="AMLPROMOTE_WORKSPACE",
+                 help="Target an Azure ML workspace by name (with --resource-group and "
+                      "--subscription); its MLflow URI is discovered."),
+]
+ResourceGroupOpt = Annotated[
+    str | None,
+    typer.Option("--resource-group", "-g", envvar="AMLPROMOTE_RESOURCE_GROUP",
+                 help="Resource group of the Azure ML workspace."),
+]
+SubscriptionOpt = Annotated[
+    str | None,
+    typer.Option("--subscription", envvar="AMLPROMOTE_SUBSCRIPTION",
+                 help="Subscription id of the Azure ML workspace "
+                      "[default: $AZURE_SUBSCRIPTION_ID]."),
+]
+RegistryOpt = Annotated[
+    str | None,
+    typer.Option("--registry", envvar="AMLPROMOTE_REGISTRY",
+                 help="Target an Azure ML registry by name (shared across workspaces)."),
+]
+CredentialOpt = Annotated[
+    str | None,
+    typer.Option("--credential", envvar="AMLPROMOTE_CREDENTIAL",
+                 help="How to sign in to Azure: default, cli, managed-identity, environment or "
+                      "device-code [default: default, which never opens a browser]."),
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,27 @@ DEFAULT_PROFILE = "default"
 PROFILE_KEYS: dict[str, str] = {
     "source": "AMLPROMOTE_SOURCE",
     "target": "AMLPROMOTE_TARGET",
+    # An Azure ML target named by its coordinates; its MLflow URI is discovered, not typed.
+    "subscription": "AMLPROMOTE_SUBSCRIPTION",
+    "resource_group": "AMLPROMOTE_RESOURCE_GROUP",
+    "workspace": "AMLPROMOTE_WORKSPACE",
+    "registry": "AMLPROMOTE_REGISTRY",
+    "credential": "AMLPROMOTE_CREDENTIAL",
+}
+# The Azure ML target coordinates: a profile holds these or `target`, never both.
+AZURE_TARGET_KEYS = ("subscription", "resource_group", "workspace", "registry")
+CREDENTIAL_KINDS = ("default", "cli", "managed-identity", "environment", "device-code")
+# Azure's own naming rules (ARM resource name limits), checked before anything is stored so a
+# typo fails at `configure`, not in CI.
+_NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    "subscription": (re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"),
+                     "a subscription id (a GUID such as 00000000-0000-0000-0000-000000000000)"),
+    "resource_group": (re.compile(r"^[-\w._()]{0,89}[-\w_()]$"),
+                       "1-90 letters, digits, '-', '_', '.', '(' or ')', not ending in '.'"),
+    "workspace": (re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$"),
+                  "3-33 letters, digits, '-' or '_', starting with a letter or digit"),
+    "registry": (re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{1,32}$"),
+                 "2-33 letters, digits, '-' or '_', starting with a letter or digit"),
 }
 
 
@@ -159,6 +181,16 @@ def validate_profile_value(key: str, value: str) -> str:
                      "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN instead",
             )
         return parsed.uri if parsed.is_local else value
+    if key == "credential":
+        if value not in CREDENTIAL_KINDS:
+            raise BadInput(f"unknown credential '{value}'",
+                           hint="choose one of: " + ", ".join(CREDENTIAL_KINDS))
+        return value
+    if key in _NAME_RULES:
+        pattern, rule = _NAME_RULES[key]
+        if not pattern.match(value):
+            raise BadInput(f"'{value}' is not a valid {key.replace('_', ' ')}",
+                           hint=f"expected {rule}")
     return value
 
 
@@ -192,6 +224,15 @@ def save_profile(name: str, updates: dict[str, str | None]) -> tuple[ConfigFile,
             profile.pop(key, None)
         else:
             profile[key] = validate_profile_value(key, value)
+    # A target is either a URI or Azure ML coordinates; the one written last replaces the other.
+    if updates.get("target"):
+        for key in AZURE_TARGET_KEYS:
+            profile.pop(key, None)
+    elif any(updates.get(k) for k in ("workspace", "registry")):
+        profile.pop("target", None)
+        other = "registry" if updates.get("workspace") else "workspace"
+        if not updates.get(other):
+            profile.pop(other, None)
     config.profiles[name] = profile
     save_config(config)
     return config, profile
@@ -201,5 +242,5 @@ def effective_settings(name: str, explicit: bool) -> dict[str, Setting]:
     """What a command would use for each setting with this profile and no options."""
     config = load_config()
     profile = config.profile(name, required=explicit)
-    defaults = {"target": default_target_uri()}
+    defaults = {"target": default_target_uri(), "credential": "default"}
     return {key: resolve(key, None, profile, defaults.get(key)) for key in PROFILE_KEYS}
