@@ -20,6 +20,14 @@ from amlpromote.core.uris import parse_registry_uri, redact_text, redact_uri
         ("models:/heart/3", ModelRef("heart", version="3")),
         ("models:/heart@champion", ModelRef("heart", alias="champion")),
         ("models:/cat.schema.heart/12", ModelRef("cat.schema.heart", version="12")),
+        # Unity Catalog three-part names, in every form copy-model accepts.
+        ("catalog.schema.model/3", ModelRef("catalog.schema.model", version="3")),
+        ("catalog.schema.model@champion", ModelRef("catalog.schema.model", alias="champion")),
+        ("catalog.schema.model", ModelRef("catalog.schema.model", latest=True)),
+        ("catalog.schema.model/latest", ModelRef("catalog.schema.model", latest=True)),
+        ("models:/catalog.schema.model/3", ModelRef("catalog.schema.model", version="3")),
+        ("models:/catalog.schema.model@champion",
+         ModelRef("catalog.schema.model", alias="champion")),
     ],
 )
 def test_model_refs(text: str, expected: ModelRef) -> None:
@@ -40,6 +48,10 @@ def test_registry_uris(tmp_path: object) -> None:
     assert parse_registry_uri("/abs/mlruns").uri == "file:///abs/mlruns"
     assert parse_registry_uri("databricks://prod").scheme == "databricks"
     assert parse_registry_uri("databricks").scheme == "databricks"
+    assert parse_registry_uri("databricks-uc").scheme == "databricks-uc"
+    uc = parse_registry_uri("databricks-uc://prod")
+    assert (uc.scheme, uc.uri, uc.display) == ("databricks-uc", "databricks-uc://prod",
+                                               "databricks-uc://prod")
     assert parse_registry_uri("https://u:secret@h:5000").display == "https://h:5000"
     same = {
         parse_registry_uri(u).identity

@@ -16,6 +16,7 @@ from typing import Any
 from amlpromote import __version__
 from amlpromote.core import lineage
 from amlpromote.core.artifacts import ArtifactFile
+from amlpromote.core.databricks import check_source_ref
 from amlpromote.core.errors import AmlPromoteError, BadInput, OperationFailed
 from amlpromote.core.refs import ModelRef
 from amlpromote.core.registry import MlflowRegistry, VersionInfo
@@ -62,8 +63,12 @@ class PromoteResult:
                 "verified": self.verified}
 
 
-def default_target_name(source_name: str) -> str:
-    return source_name
+def default_target_name(source_name: str, source_scheme: str = "",
+                        target_scheme: str = "") -> str:
+    """The target name without --target-name (README "Model names"; see core/names.py)."""
+    from amlpromote.core.names import default_target_name as mapped
+
+    return mapped(source_name, source_scheme, target_scheme)
 
 
 def _quiet(_: str) -> None:
@@ -78,6 +83,7 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
     target = MlflowTarget(MlflowRegistry(request.target))
 
     source.require_existing()
+    check_source_ref(request.source, request.ref)
     version = source.resolve(request.ref)
     if request.copy_aliases and not (request.ref.version or request.ref.alias):
         # NAME, NAME/latest and NAME/Production resolve through a version search, and the
@@ -93,8 +99,10 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
             f"{version.name} version {version.version} has no MLmodel file at the root of its "
             f"artifacts ({len(files)} files) — it is not an MLflow model",
             hint="register the folder that holds MLmodel (the model itself), then copy again")
+    target.check_files(len(files))
     listed_bytes = sum(f.size or 0 for f in files)
-    target_name = request.target_name or default_target_name(version.name)
+    target_name = request.target_name or default_target_name(
+        version.name, request.source.scheme, request.target.scheme)
     key = lineage.source_key(request.source.identity, version.name, version.version)
 
     def source_doc(digest: str | None) -> dict[str, Any]:
@@ -138,16 +146,15 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
         _check_staged(target, staged, manifest, request, progress, log)
         rm = source.registered_model(version.name)
         target.ensure_model(target_name, getattr(rm, "description", None),
-                            {k: v for k, v in (getattr(rm, "tags", None) or {}).items()
-                             if not k.startswith(lineage.PREFIX)})
-        tags = {**lineage.carried_tags(version.tags),
-                **lineage.provenance_tags(
-                    source_uri=request.source.display, source_identity=request.source.identity,
-                    name=version.name, version=version.version, run_id=version.run_id,
-                    model_id=version.model_id or _logged_model_id(version.source),
-                    digest=manifest.digest, files=manifest.files,
-                    total_bytes=manifest.bytes, source_tags=version.tags,
-                    tool_version=__version__)}
+                            lineage.version_tags(dict(getattr(rm, "tags", None) or {}), {},
+                                                 target.tag_limits))
+        tags = lineage.version_tags(version.tags, lineage.provenance_tags(
+            source_uri=request.source.display, source_identity=request.source.identity,
+            name=version.name, version=version.version, run_id=version.run_id,
+            model_id=version.model_id or _logged_model_id(version.source),
+            digest=manifest.digest, files=manifest.files, total_bytes=manifest.bytes,
+            source_tags=version.tags, tool_version=__version__, limits=target.tag_limits),
+            target.tag_limits)
         try:
             created = target.register(staged, target_name, version.description, tags)
         except AmlPromoteError:

@@ -1,6 +1,8 @@
 """One MLflow registry, bound to its URI, with no global MLflow state.
 
-Source and target are two `MlflowRegistry` objects, each with its own `MlflowClient`. Where MLflow
+Source and target are two `MlflowRegistry` objects, each with its own client. A plain MLflow
+server (`http(s)://`) gets `MlflowRestClient`, which speaks MLflow's REST API without importing
+mlflow (that import alone costs ~2 s); every other registry gets an `MlflowClient`. Where MLflow
 itself reads the *global* tracking URI (the sqlalchemy and file registry stores resolve a
 `models:/` source through a fresh `MlflowClient()`), the call runs inside `mlflow_globals`, which
 points the globals at this registry for that call only and restores them under a lock.
@@ -9,6 +11,7 @@ points the globals at this registry for that call only and restores them under a
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,6 +151,23 @@ def translate_mlflow_error(exc: Exception, what: str, registry: str) -> AmlPromo
     except Exception:
         status = None
     lowered = message.lower()
+    azure = _azure_ml_error(message)
+    if azure is not None:
+        # Azure ML answers with its own error document, which MLflow reports as an
+        # INTERNAL_ERROR carrying the body; the code inside says what happened.
+        azure_code, azure_text = azure
+        if azure_code in ("WorkspaceNotFound", "RegistryNotFound"):
+            return NotFound(f"{what}: {registry} does not exist ({azure_code})",
+                            hint="check the subscription, resource group and name in the URI")
+        if azure_code in ("AuthorizationFailed", "Forbidden"):
+            return AuthFailed(f"{what}: {registry} refused access ({azure_code}: {azure_text})",
+                              hint="ask for a role on the workspace that allows this (e.g. "
+                                   "AzureML Data Scientist), or choose another identity with "
+                                   "--credential")
+        return AuthFailed(f"{what}: {registry} refused the Azure token ({azure_code}: "
+                          f"{azure_text})",
+                          hint="check the identity and its tenant (AZURE_TENANT_ID), or choose "
+                               "another identity with --credential")
     if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403) or \
             ("401" in first_line and "unauthorized" in lowered):
         return AuthFailed(f"{what}: {registry} refused the credentials ({first_line})",
@@ -169,6 +189,23 @@ def translate_mlflow_error(exc: Exception, what: str, registry: str) -> AmlPromo
                                hint="check the folder's permissions or choose another target")
     return OperationFailed(f"{what}: {first_line}",
                            hint=f"run again with --verbose for details about {registry}")
+
+
+_AZURE_ML_CODES = re.compile(
+    r"""['"]code['"]\s*:\s*['"](?P<code>AuthorizationFailed|Forbidden|AuthenticationFailed|"""
+    r"""InvalidAuthenticationToken\w*|ExpiredAuthenticationToken|WorkspaceNotFound|"""
+    r"""RegistryNotFound)['"]""")
+_AZURE_ML_MESSAGE = re.compile(r"""['"]message['"]\s*:\s*(?P<q>['"])(?P<text>.*?)(?P=q)""")
+
+
+def _azure_ml_error(message: str) -> tuple[str, str] | None:
+    """(code, message) of an Azure ML error document inside an MLflow error, if there is one."""
+    found = _AZURE_ML_CODES.search(message)
+    if found is None:
+        return None
+    text = _AZURE_ML_MESSAGE.search(message)
+    detail = text["text"] if text else ""
+    return found["code"], detail[:200] + ("..." if len(detail) > 200 else "")
 
 
 class MlflowRegistry:
@@ -197,7 +234,28 @@ class MlflowRegistry:
                                     "sqlite:///relative.db, for an absolute one sqlite:////abs.db")
 
     @cached_property
+    def uses_rest(self) -> bool:
+        """Whether this registry is reached through `MlflowRestClient` (no mlflow import)."""
+        from amlpromote.core.mlflow_rest import rest_client_applies
+
+        return rest_client_applies(self.uri.scheme)
+
+    @cached_property
     def client(self) -> Any:
+        if self.uri.scheme in ("databricks", "databricks-uc"):
+            from amlpromote.core.databricks import DatabricksRegistry
+
+            return DatabricksRegistry.of(self.uri).client()
+        if self.uri.scheme == "azureml":
+            # azureml-mlflow's own credential chain ends in a browser prompt; this client
+            # signs in with the credential chosen for this registry (core/azure.py).
+            from amlpromote.core.azure import mlflow_client
+
+            return mlflow_client(self.uri)
+        if self.uses_rest:
+            from amlpromote.core.mlflow_rest import MlflowRestClient
+
+            return MlflowRestClient(self.uri.uri)
         from mlflow import MlflowClient
 
         if self.uri.scheme == "sqlite":
@@ -209,6 +267,16 @@ class MlflowRegistry:
 
     def call(self, what: str, operation: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one client call, translating failures into our error types."""
+        if self.uses_rest:
+            from amlpromote.core.mlflow_rest import RestError
+
+            try:
+                return operation(*args, **kwargs)
+            except RestError as exc:
+                raise translate_mlflow_error(exc, what, self.display) from exc
+        return self._call_mlflow(what, operation, *args, **kwargs)
+
+    def _call_mlflow(self, what: str, operation: Any, *args: Any, **kwargs: Any) -> Any:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -313,6 +381,12 @@ class MlflowRegistry:
 
     def artifact_uri(self, version: VersionInfo) -> str:
         """Where the version's stored files are (not `models:/`, which adds metadata files)."""
+        if self.uri.scheme in ("databricks", "databricks-uc"):
+            # Databricks' download URI (dbfs:/) does not read back byte-exact; its models:/
+            # route (signed URLs) does, and `artifact_source` reads it without the metadata.
+            from amlpromote.core.databricks import DatabricksRegistry
+
+            return DatabricksRegistry.of(self.uri).artifact_uri(version.name, version.version)
         uri = self.call(f"locating the files of {version.name}/{version.version}",
                         self.client.get_model_version_download_uri, version.name, version.version)
         if uri.startswith("models:/m-") or uri.startswith("models:m-"):
@@ -327,6 +401,16 @@ class MlflowRegistry:
         return uri
 
     def artifact_source(self, uri: str) -> ArtifactSource:
+        if self.uri.scheme in ("databricks", "databricks-uc") and uri.startswith("models:"):
+            from amlpromote.core.databricks import DatabricksRegistry
+
+            return DatabricksRegistry.of(self.uri).artifact_source(uri)
+        if self.uri.scheme == "azureml" and uri.startswith("azureml:"):
+            # Straight from blob storage with this registry's credential (MLflow's artifact
+            # repository for azureml:// reads the global tracking URI's credentials).
+            from amlpromote.core.azure_blob import artifact_source
+
+            return artifact_source(self.client, uri)
         local = local_path_of(uri)
         if local is not None:
             return LocalSource(self._local_root(local))
@@ -337,6 +421,11 @@ class MlflowRegistry:
         return RepositorySource(uri, self._repository)
 
     def artifact_sink(self, uri: str) -> ArtifactSink:
+        if self.uri.scheme == "azureml" and uri.startswith("azureml:"):
+            # Parallel block uploads into the workspace's storage (core/azure_blob.py).
+            from amlpromote.core.azure_blob import artifact_sink
+
+            return artifact_sink(self.client, uri)
         local = local_path_of(uri)
         if local is not None:
             return LocalSink(self._local_root(local))
@@ -354,6 +443,10 @@ class MlflowRegistry:
         return path
 
     def _repository(self, uri: str) -> Any:
+        if self.uri.scheme in ("databricks", "databricks-uc"):
+            from amlpromote.core.databricks import DatabricksRegistry
+
+            return DatabricksRegistry.of(self.uri).repository(uri)
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         with mlflow_globals(self.uri.uri):

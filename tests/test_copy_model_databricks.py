@@ -1,0 +1,646 @@
+"""copy-model from Databricks (issue 3, source side), through the CLI, against Databricks in a box.
+
+The heart classifier is registered once in the session's `mlflow server`; one DatabricksBox per
+module serves it as a Databricks workspace registry (token auth, signed download URLs, fault
+injection). Promotions go to a fresh local sqlite registry. Expectations come from outside the
+product: the source bytes are read from the backing server's artifact folder, the target's with
+MLflow's own client, and the digest is recomputed from its README definition.
+
+Runs whose point is a real process (a real ~/.databrickscfg found through HOME, a bounded
+failure, loading the promoted model) use `python -m amlpromote`; the rest run in-process
+(`CliRunner`), where mlflow's legacy config reader needs DATABRICKS_CONFIG_FILE (it expanded "~"
+when mlflow was imported, before the per-test HOME existed).
+
+Unity Catalog is not emulated: its name rules and reference checks are covered without a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from databricks_box import DatabricksBox
+from support.mlflow_server import MlflowServer
+from support.models import HEART_VERSION_DESCRIPTION, HEART_VERSION_TAGS, register_heart_model
+from typer.testing import CliRunner
+
+from amlpromote.cli.app import app
+from amlpromote.core.databricks import (
+    DEFAULT_RETRY_TIMEOUT_SECONDS,
+    RETRY_TIMEOUT_ENV,
+    DatabricksRegistry,
+    configure_databricks_environment,
+)
+from amlpromote.core.errors import BadInput, NotFound
+from amlpromote.core.names import default_target_name, is_valid_target_name, target_model_name
+from amlpromote.core.refs import parse_model_ref
+from amlpromote.core.uris import parse_registry_uri
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PROFILE = "dbx-prod"
+# Loads the promoted version (models:/ against the target, which the environment names) and the
+# source (a private copy of its stored folder) in one fresh interpreter; prints both predictions.
+PREDICT_BOTH = """
+import json, sys
+import numpy, pandas
+import mlflow.pyfunc
+frame = pandas.read_pickle(sys.argv[3])
+promoted = mlflow.pyfunc.load_model(sys.argv[1]).predict(frame)
+source = mlflow.pyfunc.load_model(sys.argv[2]).predict(frame)
+print(json.dumps([numpy.asarray(promoted).tolist(), numpy.asarray(source).tolist()]))
+"""
+
+
+# -- reading registries independently of the product ------------------------------------------
+
+
+def sha256_tree(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def digest_of(hashes: Mapping[str, str]) -> str:
+    """README's content digest: sha256 over `<sha256>  <path>` lines sorted by path."""
+    manifest = "".join(f"{hashes[path]}  {path}\n" for path in sorted(hashes))
+    return "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
+
+
+def mlflow_client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def target_folder(registry_uri: str, name: str, version: str) -> Path:
+    """The local folder a sqlite registry's version stores its files in."""
+    client = mlflow_client(registry_uri)
+    location = client.get_model_version_download_uri(name, version)
+    if location.startswith("models:/m-"):
+        location = client.get_logged_model(location.removeprefix("models:/")).artifact_location
+    parts = urlsplit(location)
+    assert parts.scheme == "file", location
+    return Path(unquote(parts.path))
+
+
+def versions_of(registry_uri: str, name: str) -> list[str]:
+    if not Path(registry_uri.removeprefix("sqlite:///")).exists():
+        return []
+    found = mlflow_client(registry_uri).search_model_versions(f"name='{name}'")
+    return sorted(str(mv.version) for mv in found)
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float = 0.0
+
+    @property
+    def both(self) -> str:
+        return self.stdout + self.stderr
+
+
+def cli(*args: str, env: Mapping[str, str] | None = None) -> Run:
+    """`amlpromote ARGS` in this process."""
+    result = CliRunner().invoke(app, list(args), env=dict(env or {}))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"the CLI raised {result.exception!r}") from result.exception
+    return Run(result.exit_code, result.stdout, result.stderr)
+
+
+def cli_process(*args: str, env: Mapping[str, str], cwd: Path, timeout: float = 180) -> Run:
+    """`python -m amlpromote ARGS` in a fresh process with exactly `env`."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "amlpromote", *args],
+        env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def process_env(home: Path, box: DatabricksBox, **extra: str) -> dict[str, str]:
+    """The developer's environment minus anything that would point the tool elsewhere."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AMLPROMOTE_", "MLFLOW_", "DATABRICKS_"))
+    }
+    env.update({"HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
+    env.update(box.tls_env())
+    env.update(extra)
+    return env
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Heart:
+    name: str
+    version: str
+    folder: Path  # the backing server's stored files of the version
+    hashes: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.hashes)
+
+
+@pytest.fixture(scope="module")
+def box(
+    mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DatabricksBox]:
+    with DatabricksBox(tmp_path_factory.mktemp("dbx-box"), backend=mlflow_server) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def heart(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Heart:
+    """The heart classifier registered in the box's backing server (alias champion there)."""
+    name = f"dbx-copy-heart-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("dbx-heart-cwd"))  # no strays in the repository
+        version = register_heart_model(mlflow_server.tracking_uri, name=name, alias="champion")
+        location = mlflow_client(mlflow_server.tracking_uri).get_model_version_download_uri(
+            name, version
+        )
+    assert location.startswith("mlflow-artifacts:/"), location
+    folder = mlflow_server.artifacts_dir / urlsplit(location).path.lstrip("/")
+    hashes = sha256_tree(folder)
+    assert "MLmodel" in hashes and "registered_model_meta" not in hashes
+    return Heart(name, version, folder, hashes)
+
+
+@pytest.fixture(autouse=True)
+def databricks_isolated(
+    isolated_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """No DATABRICKS_* from the developer; the config file pinned to this test's HOME."""
+    for key in list(os.environ):
+        if key.startswith("DATABRICKS_"):
+            monkeypatch.delenv(key)
+    config = isolated_environment / ".databrickscfg"
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(config))
+    return config
+
+
+@pytest.fixture
+def clean_box(box: DatabricksBox) -> Iterator[DatabricksBox]:
+    """The module's box with no faults and an empty request log, left that way."""
+    box.clear_faults()
+    box.clear_requests()
+    yield box
+    box.clear_faults()
+
+
+@pytest.fixture
+def profile_source(
+    clean_box: DatabricksBox, isolated_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """`databricks://dbx-prod`, written to the test HOME's ~/.databrickscfg, CA trusted."""
+    clean_box.write_databrickscfg(isolated_environment, PROFILE)
+    for key, value in clean_box.tls_env().items():
+        monkeypatch.setenv(key, value)
+    return f"databricks://{PROFILE}"
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> str:
+    folder = tmp_path / "target"
+    folder.mkdir()
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def frame_file(tmp_path_factory: pytest.TempPathFactory, heart_frame: pd.DataFrame) -> Path:
+    path = tmp_path_factory.mktemp("dbx-frame") / "heart.pkl"
+    heart_frame.to_pickle(path)
+    return path
+
+
+def assert_promoted(target: str, heart: Heart, document: dict[str, Any]) -> None:
+    """The target holds exactly the source's bytes, registered with provenance."""
+    assert document["source"]["name"] == heart.name
+    assert document["source"]["version"] == heart.version
+    assert document["source"]["digest"] == heart.digest
+    assert document["files"] == len(heart.hashes)
+    name, version = document["target"]["name"], document["target"]["version"]
+    assert sha256_tree(target_folder(target, name, version)) == heart.hashes
+    mv = mlflow_client(target).get_model_version(name, version)
+    assert mv.description == HEART_VERSION_DESCRIPTION
+    assert HEART_VERSION_TAGS.items() <= dict(mv.tags).items()
+    assert mv.tags["amlpromote.digest"] == heart.digest
+    assert mv.tags["amlpromote.source.name"] == heart.name
+    assert mv.tags["amlpromote.source.version"] == heart.version
+
+
+# -- promotion ----------------------------------------------------------------------------------
+
+
+def test_profile_promotion_in_a_real_process_is_byte_exact_and_loads(
+    clean_box: DatabricksBox,
+    heart: Heart,
+    target: str,
+    frame_file: Path,
+    isolated_environment: Path,
+    tmp_path: Path,
+) -> None:
+    """A real ~/.databrickscfg found through HOME. DATABRICKS_HOST/TOKEN point elsewhere (a
+    closed port, a wrong token): a named profile must not be overridden by them."""
+    clean_box.write_databrickscfg(isolated_environment, PROFILE)
+    env = process_env(isolated_environment, clean_box,
+                      DATABRICKS_HOST="https://127.0.0.1:9", DATABRICKS_TOKEN="dapi" + "1" * 32)
+    cwd = tmp_path / "cwd-copy"
+    args = ("copy-model", f"{heart.name}/{heart.version}", "--source", f"databricks://{PROFILE}",
+            "--target", target, "--output", "json")  # fmt: skip
+
+    run = cli_process(*args, env=env, cwd=cwd)
+
+    assert run.code == 0, run.both
+    document = json.loads(run.stdout)
+    assert document["status"] == "copied"
+    assert document["source"]["uri"] == f"databricks://{PROFILE}"
+    assert document["target"]["name"] == heart.name  # a valid name is kept as it is
+    assert_promoted(target, heart, document)
+    # The signed-URL route (not the lossy DBFS one), every call with the profile's token.
+    api = clean_box.requests_to("/api/")
+    assert api and {r.bearer for r in api} == {DatabricksBox.fingerprint(clean_box.token)}
+    assert clean_box.requests_to("/api/2.0/mlflow/model-versions/get-signed-download-uri")
+    assert len(clean_box.requests_to("/blob/")) == len(heart.hashes)
+    assert not clean_box.requests_to("/api/2.0/dbfs/")
+    assert not clean_box.non_loopback_requests()
+    # No global-state strays: mlflow's default store would land in the working directory.
+    assert sorted(p.name for p in cwd.iterdir()) == []
+    assert clean_box.token not in run.both
+
+    # A re-run with --verify changes nothing and reads the target back.
+    again = cli_process(*args, "--verify", env=env, cwd=cwd)
+    assert again.code == 0, again.both
+    redo = json.loads(again.stdout)
+    assert (redo["status"], redo["verified"]) == ("unchanged", True)
+    assert redo["target"]["version"] == document["target"]["version"]
+    assert versions_of(target, heart.name) == [document["target"]["version"]]
+
+    # The promoted model loads and predicts like the source, in a process that knows only the
+    # target registry.
+    private = tmp_path / "source-copy"
+    shutil.copytree(heart.folder, private)  # loading writes into the folder; keep the source
+    load_env = process_env(isolated_environment, clean_box,
+                           MLFLOW_TRACKING_URI=target, MLFLOW_REGISTRY_URI=target)
+    promoted_uri = f"models:/{heart.name}/{document['target']['version']}"
+    proc = subprocess.run(
+        [sys.executable, "-c", PREDICT_BOTH, promoted_uri, str(private), str(frame_file)],
+        env=load_env, cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    promoted, source = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(promoted) == 100 and set(promoted) <= {0, 1}
+    assert promoted == source
+
+
+def test_env_var_promotion_then_unchanged(
+    clean_box: DatabricksBox, heart: Heart, target: str
+) -> None:
+    """The bare `databricks` URI: DATABRICKS_HOST / DATABRICKS_TOKEN, no config file at all."""
+    env = clean_box.env()
+    args = ("copy-model", f"{heart.name}/{heart.version}", "--source", "databricks",
+            "--target", target, "--output", "json")  # fmt: skip
+
+    first = cli(*args, env=env)
+    assert first.code == 0, first.both
+    document = json.loads(first.stdout)
+    assert document["status"] == "copied"
+    assert_promoted(target, heart, document)
+
+    second = cli(*args, "--verify", env=env)
+    assert second.code == 0, second.both
+    assert (json.loads(second.stdout)["status"], json.loads(second.stdout)["verified"]) == (
+        "unchanged", True)  # fmt: skip
+    assert versions_of(target, heart.name) == ["1"]
+    assert clean_box.token not in first.both + second.both
+
+
+def test_latest_and_stage_references_resolve(
+    clean_box: DatabricksBox, heart: Heart, target: str, profile_source: str
+) -> None:
+    run = cli("copy-model", heart.name, "--source", profile_source, "--target", target,
+              "--target-name", "heart-from-dbx", "--output", "json")  # fmt: skip
+    assert run.code == 0, run.both
+    document = json.loads(run.stdout)
+    assert document["source"]["version"] == heart.version
+    assert document["target"]["name"] == "heart-from-dbx"
+    assert sha256_tree(target_folder(target, "heart-from-dbx", "1")) == heart.hashes
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+@pytest.mark.parametrize("how", ["profile", "env"])
+def test_a_bad_token_is_exit_4_naming_where_to_fix_it(
+    clean_box: DatabricksBox,
+    heart: Heart,
+    target: str,
+    isolated_environment: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+    verbose: bool,
+) -> None:
+    # Not in Databricks' token format, so no output filter can hide it by its shape.
+    bad = f"wrong-token-{uuid.uuid4().hex}"
+    for key, value in clean_box.tls_env().items():
+        monkeypatch.setenv(key, value)
+    if how == "profile":
+        clean_box.write_databrickscfg(isolated_environment, PROFILE, token=bad)
+        source, env = f"databricks://{PROFILE}", {}
+    else:
+        source, env = "databricks", clean_box.env(token=bad)
+
+    run = cli("copy-model", f"{heart.name}/{heart.version}", "--source", source,
+              "--target", target, *(["-v"] if verbose else []), env=env)  # fmt: skip
+
+    assert run.code == 4, run.both
+    assert bad not in run.both
+    assert clean_box.token not in run.both
+    # --verbose adds the traceback (and the SDK's request log): still without the token.
+    assert ("Traceback" in run.both) == verbose
+    error = next(line for line in run.stderr.splitlines() if "refused the token" in line)
+    assert clean_box.host in error
+    if how == "profile":
+        assert f"profile {PROFILE}" in error
+        assert f"check the token in ~/.databrickscfg profile {PROFILE}" in run.stderr
+    else:
+        assert "DATABRICKS_HOST" in error
+        assert "check DATABRICKS_TOKEN" in run.stderr
+    assert {r.status for r in clean_box.requests_to("/api/")} == {401}
+    assert versions_of(target, heart.name) == []  # nothing half-written
+
+
+def test_a_revoked_token_is_exit_4(
+    clean_box: DatabricksBox,
+    heart: Heart,
+    target: str,
+    isolated_environment: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = clean_box.add_token()  # the module's box keeps its own token valid
+    clean_box.write_databrickscfg(isolated_environment, PROFILE, token=token)
+    for key, value in clean_box.tls_env().items():
+        monkeypatch.setenv(key, value)
+    clean_box.revoke_token(token)
+
+    run = cli("copy-model", f"{heart.name}/{heart.version}", "--source", f"databricks://{PROFILE}",
+              "--target", target)  # fmt: skip
+
+    assert run.code == 4, run.both
+    assert token not in run.both
+    assert "refused the token (HTTP 401)" in run.stderr
+
+
+def test_unknown_model_and_version_are_exit_3(
+    clean_box: DatabricksBox, heart: Heart, target: str, profile_source: str
+) -> None:
+    missing_model = cli("copy-model", "no-such-model-x/1", "--source", profile_source,
+                        "--target", target)  # fmt: skip
+    assert missing_model.code == 3, missing_model.both
+    assert "no-such-model-x" in missing_model.stderr
+
+    missing_version = cli("copy-model", f"{heart.name}/99", "--source", profile_source,
+                          "--target", target)  # fmt: skip
+    assert missing_version.code == 3, missing_version.both
+    assert "has no version 99" in missing_version.stderr
+    assert f"versions that exist: {heart.version}" in missing_version.stderr
+    assert "Traceback" not in missing_model.both + missing_version.both
+
+
+def test_an_alias_on_the_workspace_registry_is_a_clear_error(
+    clean_box: DatabricksBox, heart: Heart, target: str, profile_source: str
+) -> None:
+    run = cli("copy-model", f"{heart.name}@champion", "--source", profile_source,
+              "--target", target)  # fmt: skip
+
+    assert run.code == 2, run.both
+    assert "workspace model registry has no aliases" in run.stderr
+    assert "databricks-uc://" in run.stderr  # where aliases do exist
+    assert not clean_box.requests_to("/api/")  # refused before any call
+
+
+def test_a_missing_profile_is_exit_3_and_no_configuration_exit_2(
+    heart: Heart, target: str, isolated_environment: Path
+) -> None:
+    missing = cli("copy-model", f"{heart.name}/1", "--source", "databricks://nope",
+                  "--target", target)  # fmt: skip
+    assert missing.code == 3, missing.both
+    assert "no profile 'nope' in ~/.databrickscfg" in missing.stderr
+
+    unconfigured = cli("copy-model", f"{heart.name}/1", "--source", "databricks",
+                       "--target", target)  # fmt: skip
+    assert unconfigured.code == 2, unconfigured.both
+    assert "set DATABRICKS_HOST and DATABRICKS_TOKEN" in unconfigured.stderr
+
+
+def test_throttling_is_ridden_out(
+    clean_box: DatabricksBox, heart: Heart, target: str, profile_source: str
+) -> None:
+    """429 with Retry-After on the registry API and on the signed downloads, twice each."""
+    clean_box.inject_fault(429, count=2, retry_after=1,
+                           path_contains="/api/2.0/mlflow/model-versions/get")
+    clean_box.inject_fault(429, count=2, retry_after=1, path_contains="/blob/")
+
+    run = cli("copy-model", f"{heart.name}/{heart.version}", "--source", profile_source,
+              "--target", target, "--output", "json")  # fmt: skip
+
+    assert run.code == 0, run.both
+    assert_promoted(target, heart, json.loads(run.stdout))
+    throttled = [r for r in clean_box.requests if r.status == 429]
+    assert len(throttled) == 4, [(r.path, r.status) for r in clean_box.requests]
+    assert any(r.path.startswith("/blob/") for r in throttled)
+
+
+def test_persistent_unavailability_fails_in_bounded_time(
+    clean_box: DatabricksBox, heart: Heart, target: str, isolated_environment: Path,
+    tmp_path: Path,
+) -> None:
+    clean_box.write_databrickscfg(isolated_environment, PROFILE)
+    clean_box.inject_fault(503, count=10_000, path_contains="/api/2.0/mlflow/")
+    env = process_env(isolated_environment, clean_box, **{RETRY_TIMEOUT_ENV: "3"})
+
+    run = cli_process("copy-model", f"{heart.name}/{heart.version}", "--source",
+                      f"databricks://{PROFILE}", "--target", target, env=env,
+                      cwd=tmp_path / "cwd", timeout=120)  # fmt: skip
+
+    assert run.code == 1, run.both
+    assert "stayed throttled/unavailable" in run.stderr
+    assert RETRY_TIMEOUT_ENV in run.stderr  # the hint names the knob
+    assert "Traceback" not in run.both
+    assert run.seconds < 40, f"took {run.seconds:.1f} s"
+    assert {r.status for r in clean_box.requests_to("/api/2.0/mlflow/")} == {503}
+    assert versions_of(target, heart.name) == []
+
+
+# -- Unity Catalog and names (no server) --------------------------------------------------------
+
+
+def test_unity_catalog_references_are_checked_before_any_call(target: str) -> None:
+    two_parts = cli("copy-model", "fraud.scorer/3", "--source", "databricks-uc://prod",
+                    "--target", target)  # fmt: skip
+    assert two_parts.code == 2, two_parts.both
+    assert "not a Unity Catalog model name" in two_parts.stderr
+    assert "catalog.schema.model" in two_parts.stderr
+
+    stage = cli("copy-model", "main.fraud.scorer/Production", "--source", "databricks-uc",
+                "--target", target)  # fmt: skip
+    assert stage.code == 2, stage.both
+    assert "no stages" in stage.stderr
+
+
+def test_unity_catalog_registry_mapping() -> None:
+    registry = DatabricksRegistry.of(parse_registry_uri("databricks-uc://prod"))
+    assert (registry.unity_catalog, registry.profile) == (True, "prod")
+    assert registry.registry_uri == "databricks-uc://prod"
+    assert registry.tracking_uri == "databricks://prod"  # runs stay in the workspace
+    assert registry.artifact_uri("main.fraud.scorer", "3") == "models:/main.fraud.scorer/3"
+    for ok in ("main.fraud.scorer/3", "main.fraud.scorer@champion", "main.fraud.scorer"):
+        registry.check_ref(parse_model_ref(ok))
+
+    default = DatabricksRegistry.of(parse_registry_uri("databricks-uc"))
+    assert (default.profile, default.registry_uri, default.tracking_uri) == (
+        None, "databricks-uc", "databricks")  # fmt: skip
+
+    workspace = DatabricksRegistry.of(parse_registry_uri(f"databricks://{PROFILE}"))
+    assert workspace.artifact_uri("heart", "3") == f"models://{PROFILE}@databricks/heart/3"
+    assert DatabricksRegistry.of(parse_registry_uri("databricks")).artifact_uri("h", "1") == (
+        "models://databricks/h/1")
+    with pytest.raises(BadInput, match="no aliases"):
+        workspace.check_ref(parse_model_ref("heart@champion"))
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("uci-heart-classifier", "uci-heart-classifier"),  # already valid: unchanged
+        ("Fraud_Scorer-2", "Fraud_Scorer-2"),
+        ("main.fraud.scorer", "main-fraud-scorer"),
+        ("ml_prod.risk_models.credit_v2", "ml_prod-risk_models-credit_v2"),
+    ],
+)
+def test_target_model_name_rule(source: str, expected: str) -> None:
+    assert target_model_name(source) == expected
+    assert is_valid_target_name(expected)
+
+
+def test_target_model_name_is_valid_deterministic_and_keeps_lossy_names_apart() -> None:
+    lossy = ["main.fraud.my scorer", "main.fraud.my/scorer", "_hidden.x.y", "caf\u00e9.a.b",
+             "a" * 300, "x." + "b" * 300, "...", "m\u00fcnchen"]  # fmt: skip
+    mapped = [target_model_name(name) for name in lossy]
+    assert all(is_valid_target_name(name) for name in mapped), mapped
+    assert all(len(name) <= 255 for name in mapped)
+    assert len(set(mapped)) == len(lossy)
+    assert mapped == [target_model_name(name) for name in lossy]  # deterministic
+    digest = hashlib.sha256(b"main.fraud.my scorer").hexdigest()[:8]
+    assert mapped[0] == f"main-fraud-my-scorer-{digest}"
+    assert target_model_name("...").startswith("model-")
+    # Valid names (periods are not: Azure ML's ARM API refuses them) pass through.
+    assert not is_valid_target_name("a.b") and not is_valid_target_name("-a")
+    assert not is_valid_target_name("a" * 256) and is_valid_target_name("a" * 255)
+
+
+def test_default_target_name_maps_only_where_a_plain_name_is_needed() -> None:
+    assert default_target_name("main.fraud.scorer", "databricks-uc", "sqlite") == (
+        "main-fraud-scorer")
+    assert default_target_name("my.model", "databricks", "azureml") == "my-model"
+    # Between MLflow registries a workspace name is kept exactly, as before.
+    assert default_target_name("my.model", "databricks", "sqlite") == "my.model"
+    assert default_target_name("my model", "sqlite", "file") == "my model"
+
+
+# -- environment handling (no server) -----------------------------------------------------------
+
+
+def test_a_named_profile_hides_databricks_variables_only_during_a_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABRICKS_HOST", "https://elsewhere.example")
+    monkeypatch.setenv("DATABRICKS_TOKEN", "dapi" + "2" * 32)
+    monkeypatch.setenv("ARM_CLIENT_ID", "00000000-0000-0000-0000-000000000000")
+    config_file = os.environ["DATABRICKS_CONFIG_FILE"]
+    named = DatabricksRegistry.of(parse_registry_uri(f"databricks://{PROFILE}"))
+
+    with named.contained():
+        assert "DATABRICKS_HOST" not in os.environ
+        assert "DATABRICKS_TOKEN" not in os.environ
+        assert "ARM_CLIENT_ID" not in os.environ
+        assert os.environ["DATABRICKS_CONFIG_FILE"] == config_file  # where the profile is
+    assert os.environ["DATABRICKS_HOST"] == "https://elsewhere.example"
+    assert os.environ["ARM_CLIENT_ID"] == "00000000-0000-0000-0000-000000000000"
+
+    with DatabricksRegistry.of(parse_registry_uri("databricks")).contained():
+        assert os.environ["DATABRICKS_HOST"] == "https://elsewhere.example"  # they *are* it
+
+    with pytest.raises(RuntimeError), named.contained():
+        raise RuntimeError("restored on failure too")
+    assert os.environ["DATABRICKS_TOKEN"] == "dapi" + "2" * 32
+
+
+def test_retry_timeout_default_user_value_and_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RETRY_TIMEOUT_ENV, raising=False)
+    assert configure_databricks_environment() == DEFAULT_RETRY_TIMEOUT_SECONDS
+    assert os.environ[RETRY_TIMEOUT_ENV] == str(DEFAULT_RETRY_TIMEOUT_SECONDS)
+    monkeypatch.setenv(RETRY_TIMEOUT_ENV, "7")
+    assert configure_databricks_environment() == 7
+    for bad in ("soon", "0", "1.5"):
+        monkeypatch.setenv(RETRY_TIMEOUT_ENV, bad)
+        with pytest.raises(BadInput, match=RETRY_TIMEOUT_ENV):
+            configure_databricks_environment()
+
+
+def test_profile_checks_name_the_config_file(databricks_isolated: Path) -> None:
+    databricks_isolated.write_text("[other]\nhost = https://h.example\ntoken = t\n")
+    with pytest.raises(NotFound, match="no profile 'prod'") as info:
+        DatabricksRegistry.of(parse_registry_uri("databricks://prod")).require_configured()
+    assert "profiles there: other" in (info.value.hint or "")
+    DatabricksRegistry.of(parse_registry_uri("databricks://other")).require_configured()
+    assert DatabricksRegistry.of(parse_registry_uri("databricks://other")).describe() == (
+        "Databricks workspace https://h.example (profile other)")
+
+
+
+def test_unity_catalog_calls_go_to_the_uc_registry_with_the_profile(
+    clean_box: DatabricksBox, target: str, profile_source: str
+) -> None:
+    """The box has no Unity Catalog; what can be checked is that a UC source reaches the UC
+    registry API of the profile's workspace with the profile's token, and that the "no such
+    API" answer is a clean one-line failure."""
+    run = cli("copy-model", "main.fraud.scorer/1", "--source", f"databricks-uc://{PROFILE}",
+              "--target", target)  # fmt: skip
+
+    assert run.code == 1, run.both
+    assert "Traceback" not in run.both
+    assert "looking up main.fraud.scorer/1" in run.stderr
+    uc = clean_box.requests_to("/api/2.0/mlflow/unity-catalog/model-versions/get")
+    assert uc and {r.bearer for r in uc} == {DatabricksBox.fingerprint(clean_box.token)}
+    assert uc[0].query.get("name") == ("main.fraud.scorer",)
+    assert not clean_box.requests_to("/api/2.0/mlflow/model-versions/")  # not the workspace's
+    assert versions_of(target, "main-fraud-scorer") == []

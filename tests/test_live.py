@@ -1,0 +1,116 @@
+"""Live tests against real services, skipped unless their AMLPROMOTE_LIVE_* variables are set
+(README "Live tests"). They never run in CI by default and are the only tests that leave
+loopback.
+
+The variables are read when this module is imported: the per-test isolation in conftest.py
+removes every AMLPROMOTE_* variable before a test body runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+# ============================================================================================
+# Databricks (source side): AMLPROMOTE_LIVE_DATABRICKS_HOST, _TOKEN, _MODEL (NAME/VERSION; a
+# three-part catalog.schema.model name goes through Unity Catalog)
+# ============================================================================================
+
+DATABRICKS_HOST = os.environ.get("AMLPROMOTE_LIVE_DATABRICKS_HOST", "")
+DATABRICKS_TOKEN = os.environ.get("AMLPROMOTE_LIVE_DATABRICKS_TOKEN", "")
+DATABRICKS_MODEL = os.environ.get("AMLPROMOTE_LIVE_DATABRICKS_MODEL", "")
+
+live_databricks = pytest.mark.skipif(
+    not (DATABRICKS_HOST and DATABRICKS_TOKEN and DATABRICKS_MODEL),
+    reason="set AMLPROMOTE_LIVE_DATABRICKS_HOST, AMLPROMOTE_LIVE_DATABRICKS_TOKEN and "
+           "AMLPROMOTE_LIVE_DATABRICKS_MODEL (NAME/VERSION) to run",
+)
+
+
+def _sha256_tree(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _digest(hashes: dict[str, str]) -> str:
+    manifest = "".join(f"{hashes[path]}  {path}\n" for path in sorted(hashes))
+    return "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
+
+
+def _databricks_env(home: Path) -> dict[str, str]:
+    """The developer's environment with only the live workspace's host and token."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AMLPROMOTE_", "MLFLOW_", "DATABRICKS_"))}
+    env.update({"HOME": str(home), "DATABRICKS_HOST": DATABRICKS_HOST,
+                "DATABRICKS_TOKEN": DATABRICKS_TOKEN, "MLFLOW_DISABLE_TELEMETRY": "true",
+                "DO_NOT_TRACK": "true"})
+    return env
+
+
+@live_databricks
+def test_live_databricks_version_promotes_byte_exact_and_loads(
+    tmp_path: Path, isolated_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, _, version = DATABRICKS_MODEL.rpartition("/")
+    assert name and version.isdigit(), "AMLPROMOTE_LIVE_DATABRICKS_MODEL must be NAME/VERSION"
+    source = "databricks-uc" if name.count(".") == 2 else "databricks"
+    target = f"sqlite:///{tmp_path / 'target' / 'mlflow.db'}"
+    (tmp_path / "target").mkdir()
+    env = _databricks_env(isolated_environment)  # conftest's per-test HOME
+
+    # The token travels only in the environment, never on a command line.
+    proc = subprocess.run(
+        [sys.executable, "-m", "amlpromote", "copy-model", DATABRICKS_MODEL, "--source", source,
+         "--target", target, "--target-name", "live-dbx", "--verify", "--output", "json"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert DATABRICKS_TOKEN not in proc.stdout + proc.stderr
+    document = json.loads(proc.stdout)
+    assert document["status"] == "copied" and document["verified"] is True
+
+    # The target's files, read with MLflow's own client, give the digest the tool reported.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=target, registry_uri=target)
+    location = client.get_model_version_download_uri("live-dbx", "1")
+    if location.startswith("models:/m-"):
+        location = client.get_logged_model(location.removeprefix("models:/")).artifact_location
+    folder = Path(unquote(urlsplit(location).path))
+    hashes = _sha256_tree(folder)
+    assert "MLmodel" in hashes
+    assert _digest(hashes) == document["source"]["digest"]
+    # ... and they are the source's bytes, read independently through MLflow's models:/ route
+    # (which adds its registered_model_meta file beside the model).
+    import mlflow
+
+    monkeypatch.setenv("DATABRICKS_HOST", DATABRICKS_HOST)
+    monkeypatch.setenv("DATABRICKS_TOKEN", DATABRICKS_TOKEN)
+    downloaded = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp_path / "source"),
+        tracking_uri="databricks", registry_uri=source))
+    expected = _sha256_tree(downloaded)
+    expected.pop("registered_model_meta", None)
+    assert hashes == expected
+    tags = client.get_model_version("live-dbx", "1").tags
+    assert tags["amlpromote.digest"] == document["source"]["digest"]
+    assert DATABRICKS_TOKEN not in json.dumps(tags)
+
+    # It loads in a fresh interpreter that knows only the target.
+    load = subprocess.run(
+        [sys.executable, "-c", "import mlflow.pyfunc, sys; mlflow.pyfunc.load_model(sys.argv[1])",
+         "models:/live-dbx/1"],
+        env={**env, "MLFLOW_TRACKING_URI": target, "MLFLOW_REGISTRY_URI": target},
+        cwd=tmp_path, capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert load.returncode == 0, load.stderr
