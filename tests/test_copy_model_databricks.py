@@ -342,6 +342,28 @@ def test_env_var_promotion_then_unchanged(
     assert clean_box.token not in first.both + second.both
 
 
+def test_one_workspace_is_one_source_whatever_the_profile_is_called(
+    clean_box: DatabricksBox, heart: Heart, target: str, profile_source: str,
+    isolated_environment: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Provenance names the workspace host, not the profile: a promotion made through a
+    teammate's profile name (or DATABRICKS_HOST) is found again, not duplicated."""
+    clean_box.write_databrickscfg(isolated_environment, "someone-elses-name")
+    ref = f"{heart.name}/{heart.version}"
+    first = cli("copy-model", ref, "--source", profile_source, "--target", target, "-o", "json")
+    assert first.code == 0, first.both
+    assert json.loads(first.stdout)["status"] == "copied"
+    for source, env in (("databricks://someone-elses-name", None),
+                        ("databricks", clean_box.env())):
+        again = cli("copy-model", ref, "--source", source, "--target", target, "-o", "json",
+                    env=env)
+        assert again.code == 0, again.both
+        assert json.loads(again.stdout)["status"] == "unchanged", source
+    assert versions_of(target, heart.name) == ["1"]
+    tags = mlflow_client(target).get_model_version(heart.name, "1").tags
+    assert tags["amlpromote.source.uri"] == profile_source
+
+
 def test_latest_and_stage_references_resolve(
     clean_box: DatabricksBox, heart: Heart, target: str, profile_source: str
 ) -> None:

@@ -103,7 +103,7 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
     listed_bytes = sum(f.size or 0 for f in files)
     target_name = request.target_name or default_target_name(
         version.name, request.source.scheme, request.target.scheme)
-    key = lineage.source_key(request.source.identity, version.name, version.version)
+    key = lineage.source_key(source.identity, version.name, version.version)
 
     def source_doc(digest: str | None) -> dict[str, Any]:
         return {"uri": request.source.display, "name": version.name,
@@ -149,7 +149,7 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
                             lineage.version_tags(dict(getattr(rm, "tags", None) or {}), {},
                                                  target.tag_limits))
         tags = lineage.version_tags(version.tags, lineage.provenance_tags(
-            source_uri=request.source.display, source_identity=request.source.identity,
+            source_uri=request.source.display, source_identity=source.identity,
             name=version.name, version=version.version, run_id=version.run_id,
             model_id=version.model_id or _logged_model_id(version.source),
             digest=manifest.digest, files=manifest.files, total_bytes=manifest.bytes,

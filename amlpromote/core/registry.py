@@ -222,6 +222,25 @@ class MlflowRegistry:
     def display(self) -> str:
         return self.uri.display
 
+    @property
+    def identity(self) -> str:
+        """Who this registry is, for provenance and re-run detection.
+
+        A Databricks URI names a profile, and profile names are personal: two engineers (or a
+        renamed profile) reaching one workspace must find each other's promotions, so the
+        identity is the workspace host the profile resolves to.
+        """
+        if self.uri.scheme in ("databricks", "databricks-uc"):
+            from urllib.parse import urlsplit
+
+            from amlpromote.core.databricks import DatabricksRegistry
+
+            host = DatabricksRegistry.of(self.uri).host()
+            if host:
+                netloc = urlsplit(host if "://" in host else "https://" + host).netloc
+                return f"{self.uri.scheme}://{netloc.lower()}"
+        return self.uri.identity
+
     def require_existing(self) -> None:
         """A source must exist: MLflow would silently create an empty local store instead."""
         if self.uri.scheme in ("sqlite", "file"):
