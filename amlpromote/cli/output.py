@@ -66,6 +66,9 @@ def configure_logging(verbose: bool) -> None:
         if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
             logger.addFilter(_RedactingFilter())
     root.setLevel(level)
+    # azure-identity logs every credential of a failed chain as a multi-line WARNING; the
+    # AuthFailed error already says it in one line (core/azure.py).
+    logging.getLogger("azure.identity").setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
         warnings.filterwarnings("ignore")
         # MLflow configures its own handler on import; keep it quiet unless asked.

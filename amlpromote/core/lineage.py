@@ -26,10 +26,31 @@ TOOL_VERSION = PREFIX + "tool_version"
 FILES = PREFIX + "files"
 BYTES = PREFIX + "bytes"
 CHAIN = PREFIX + "chain"
+# Set only when a registry's tag limits made us leave something out (see `TagLimits`).
+CHAIN_DROPPED = PREFIX + "chain.dropped"  # how many of the oldest hops the chain leaves out
+TAGS_DROPPED = PREFIX + "tags.dropped"  # the source's own tags that were not carried
+TAGS_CUT = PREFIX + "tags.cut"  # provenance tags whose values were shortened
 
-# Registries cap tag values (Azure ML and Databricks near 5000 characters); the chain keeps its
-# newest hops within this budget.
+# MLflow registries cap tag values (Databricks near 5000 characters); the chain keeps its newest
+# hops within this budget, or within a stricter registry's value limit.
 CHAIN_BUDGET = 4000
+
+
+@dataclass(frozen=True)
+class TagLimits:
+    """How many tags a registry takes on one version and how long keys and values may be."""
+
+    max_tags: int | None = None
+    max_key: int | None = None
+    max_value: int | None = None
+
+
+NO_LIMITS = TagLimits()
+# Azure ML's service limits (learn.microsoft.com/azure/machine-learning/resource-limits-capacity,
+# "Service limits in Azure Machine Learning"): runs take 50 tags with keys of up to 100 and
+# values of up to 1,000 characters (experiments: 50 / 250 / 1,000). Model versions have no
+# published figure of their own; they get the strictest of these.
+AZURE_ML_TAG_LIMITS = TagLimits(max_tags=50, max_key=100, max_value=1000)
 
 
 def source_key(registry_identity: str, name: str, version: str) -> str:
@@ -68,20 +89,27 @@ def earlier_hops(source_tags: dict[str, str]) -> list[Hop]:
     return hops
 
 
-def chain_value(hops: list[Hop]) -> str:
+def chain_value(hops: list[Hop], budget: int = CHAIN_BUDGET) -> str:
+    return fitted_chain(hops, budget)[0]
+
+
+def fitted_chain(hops: list[Hop], budget: int) -> tuple[str, int]:
+    """The chain's JSON with as many of the newest hops as fit `budget`, and how many were
+    left out (always the oldest, so the same hops give the same value)."""
     kept = list(hops)
     while kept:
         value = json.dumps([h.as_dict() for h in kept], separators=(",", ":"))
-        if len(value) <= CHAIN_BUDGET:
-            return value
+        if len(value) <= budget:
+            return value, len(hops) - len(kept)
         kept = kept[1:]
-    return "[]"
+    return "[]", len(hops)
 
 
 def provenance_tags(*, source_uri: str, source_identity: str, name: str, version: str,
                     run_id: str | None, model_id: str | None, digest: str, files: int,
                     total_bytes: int, source_tags: dict[str, str], tool_version: str,
-                    now: datetime | None = None) -> dict[str, str]:
+                    now: datetime | None = None, limits: TagLimits = NO_LIMITS) \
+        -> dict[str, str]:
     """The full tag set for a new target version (`source_uri` must be credential-free)."""
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     tags = {
@@ -101,10 +129,58 @@ def provenance_tags(*, source_uri: str, source_identity: str, name: str, version
         tags[SOURCE_MODEL_ID] = model_id
     hops = earlier_hops(source_tags)
     if hops:
-        tags[CHAIN] = chain_value(hops)
+        budget = min(CHAIN_BUDGET, limits.max_value or CHAIN_BUDGET)
+        tags[CHAIN], dropped = fitted_chain(hops, budget)
+        if dropped:
+            tags[CHAIN_DROPPED] = str(dropped)
     return tags
 
 
 def carried_tags(source_tags: dict[str, str]) -> dict[str, str]:
     """The source version's own tags, without its provenance (that moves into the chain)."""
     return {k: v for k, v in source_tags.items() if not k.startswith(PREFIX)}
+
+
+def version_tags(source_tags: dict[str, str], provenance: dict[str, str],
+                 limits: TagLimits = NO_LIMITS) -> dict[str, str]:
+    """The tags of a new target version: the source's own tags and the provenance, within the
+    target's limits.
+
+    Provenance always stays (a value over the limit is shortened, named in `tags.cut`). The
+    source's own tags follow in key order while they fit; one with a key or value over the limit,
+    or beyond the count, is left out and named in `tags.dropped`. Same input, same output.
+    """
+    tags = dict(provenance)
+    cut: list[str] = []
+    if limits.max_value is not None:
+        for key, value in tags.items():
+            if len(value) > limits.max_value:
+                tags[key] = value[:limits.max_value - 3] + "..."
+                cut.append(key)
+    carried = carried_tags(source_tags)
+    eligible = [k for k in sorted(carried)
+                if (limits.max_key is None or len(k) <= limits.max_key)
+                and (limits.max_value is None or len(carried[k]) <= limits.max_value)]
+    dropped = [k for k in sorted(carried) if k not in eligible]
+    if limits.max_tags is not None:
+        notes = (1 if cut else 0) + (1 if dropped else 0)
+        room = limits.max_tags - len(tags) - notes
+        if len(eligible) > room:
+            if not dropped:
+                room -= 1  # the note saying so takes a place too
+            dropped += eligible[max(room, 0):]
+            eligible = eligible[:max(room, 0)]
+    kept = {k: carried[k] for k in eligible}
+    if cut:
+        kept[TAGS_CUT] = _listing(sorted(cut), limits)
+    if dropped:
+        kept[TAGS_DROPPED] = _listing(sorted(dropped), limits)
+    return {**kept, **tags}
+
+
+def _listing(keys: list[str], limits: TagLimits) -> str:
+    """`N: key, key, ...`, shortened to the value limit."""
+    text = f"{len(keys)}: " + ", ".join(keys)
+    if limits.max_value is not None and len(text) > limits.max_value:
+        text = text[:limits.max_value - 3] + "..."
+    return text

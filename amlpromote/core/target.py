@@ -5,6 +5,10 @@ target (status PENDING), stream the files into its artifact location, mark it RE
 register `models:/<model_id>`. A reader never sees a version whose files are incomplete; an
 interrupted run leaves at most a PENDING logged model, which no registry lists as a version.
 Registries without LoggedModel support (MLflow 2 servers) get the same shape through a run.
+
+An Azure ML workspace stages through a run by design: it answers 404 on every LoggedModel
+endpoint, and registering the run's artifact folder (which holds MLmodel) is what makes Azure ML
+record the version as an MLflow model asset (type `mlflow_model`, deployable without code).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from amlpromote.core.artifacts import ArtifactSink
-from amlpromote.core.errors import AmlPromoteError, NotFound, OperationFailed
+from amlpromote.core.errors import AmlPromoteError, BadInput, NotFound, OperationFailed
+from amlpromote.core.lineage import AZURE_ML_TAG_LIMITS, NO_LIMITS, TagLimits
 from amlpromote.core.registry import EXPERIMENT_NAME, MlflowRegistry, VersionInfo
 from amlpromote.core.uris import RegistryUri, local_path
 
@@ -32,6 +37,10 @@ class StagedUpload:
     source: str  # what create_model_version gets
     model_id: str | None = None
     run_id: str | None = None
+
+
+# Azure ML's service limits: "Number of artifacts per model version: 1,500 artifacts (files)".
+AZURE_ML_MAX_FILES = 1500
 
 
 def sqlite_artifact_root(uri: RegistryUri) -> Path:
@@ -50,9 +59,33 @@ class MlflowTarget:
     def display(self) -> str:
         return self.registry.display
 
+    @property
+    def is_azureml(self) -> bool:
+        return self.registry.uri.scheme == "azureml"
+
+    @property
+    def tag_limits(self) -> TagLimits:
+        """What the target accepts as tags on one version (lineage.version_tags fits them)."""
+        return AZURE_ML_TAG_LIMITS if self.is_azureml else NO_LIMITS
+
+    def check_files(self, count: int) -> None:
+        """Refuse, before anything is written, a model the target cannot hold."""
+        if self.is_azureml and count > AZURE_ML_MAX_FILES:
+            raise BadInput(f"the model has {count} files; an Azure ML model version holds at "
+                           f"most {AZURE_ML_MAX_FILES}",
+                           hint="package the model's files into fewer (e.g. an archive inside "
+                                "the model folder), or promote into another registry")
+
     def prepare(self) -> None:
         """Check early that the target can be written (folders exist and are writable)."""
         uri = self.registry.uri
+        if uri.scheme == "azureml":
+            from amlpromote.core.azure import AzureMlScope
+
+            if AzureMlScope.parse(uri.uri).is_registry:
+                raise BadInput("copy-model into an Azure ML registry is not supported yet",
+                               hint="promote into an Azure ML workspace (--workspace, "
+                                    "--resource-group, --subscription); share it from there")
         if uri.scheme == "sqlite":
             db = local_path(uri)
             try:
@@ -125,6 +158,8 @@ class MlflowTarget:
         """Create the container the files go into (a LoggedModel, else a run)."""
         client = self.registry.client
         experiment_id = self._experiment_id()
+        if self.is_azureml:
+            return self._begin_with_run(experiment_id, label, tags)
         try:
             logged = self.registry.call("creating a logged model in the target",
                                         client.create_logged_model, experiment_id,

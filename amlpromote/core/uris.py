@@ -8,7 +8,7 @@ that leaves the process — output, logs, errors, tags written on a model versio
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -65,10 +65,15 @@ def redact_text(text: str) -> str:
 
 @dataclass(frozen=True)
 class RegistryUri:
-    """A validated registry URI. `uri` is what MLflow gets; `display` is safe to show."""
+    """A validated registry URI. `uri` is what MLflow gets; `display` is safe to show.
+
+    `credential` is how to sign in to Azure for an `azureml://` registry (one of
+    core.azure.CREDENTIAL_KINDS; None: default). It is not part of the registry's identity.
+    """
 
     uri: str
     scheme: str
+    credential: str | None = field(default=None, compare=False)
 
     @property
     def display(self) -> str:

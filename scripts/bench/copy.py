@@ -2,15 +2,22 @@
 
 On demand only (not part of the test suite):
 
-    .venv/bin/python scripts/bench/copy.py [--size-mib 1024] [--files 64]
-                                           [--scenario local|servers|all] [--repeat 5]
+    .venv/bin/python scripts/bench/copy.py [--size-mib 1024] [--files 64] [--repeat 5]
+        [--scenario local|servers|databricks-azureml|all]
 
 local:   sqlite + local artifacts -> sqlite + local artifacts.
          Goals: marginal cost per GiB (SIZE run minus a 1 MiB run with the same file count)
          within 2x of `cp -r`; the whole SIZE run faster than the hand-written MLflow copy.
 servers: two `mlflow server`s (sqlite, proxied artifacts, --workers 1) on loopback.
          Goal: at least 2x faster than the hand-written MLflow copy.
-Both:    amlpromote's peak RSS under 300 MB.
+databricks-azureml: Databricks in a box (workspace registry over a `mlflow server`, reached
+         through a ~/.databrickscfg profile) -> Azure ML in a box (one workspace, blobs in
+         Azurite, managed identity), both from tests/ and sharing one test CA. amlpromote gets
+         the workspace's azureml:// URI; the hand-written path (mlflow_databricks_to_azureml.py)
+         downloads models:/NAME/VERSION and registers the local folder through azureml-mlflow.
+         Goal: at least 2x faster than the hand-written path. Needs Azurite (scripts/test
+         installs it into .work/node; tests/azureml_box/azurite.py).
+All:     amlpromote's peak RSS under 300 MB.
 
 The model is one registered version: a real scikit-learn MLflow model (MLmodel, model.pkl, ...)
 plus random-byte files up to --files files and --size-mib MiB. Each tool runs as a subprocess,
@@ -33,6 +40,7 @@ _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_HERE)] + [_HERE]
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -174,14 +182,19 @@ RETRIES = 3
 
 
 def timed(cmd: list[str], env: dict[str, str], what: str,
-          servers: tuple[lib.Server, ...] = ()) -> tuple[lib.Measured, float]:
-    """One timed run; also returns the CPU seconds other processes used meanwhile."""
+          groups: tuple[int, ...] = ()) -> tuple[lib.Measured, float]:
+    """One timed run; also returns the CPU seconds other processes used meanwhile.
+
+    `groups`: process groups that serve the run (servers, Azurite); their CPU, and this
+    process's own (it hosts the in-process boxes' threads), is part of the run, not of others.
+    """
     os.sync()  # earlier runs' dirty pages are written back before this run's clock starts
     lib.wait_for_quiet(timeout=QUIET_TIMEOUT)
-    server_cpu = [lib.group_cpu_seconds(s.pgid) for s in servers]
+    group_cpu = [lib.group_cpu_seconds(g) for g in groups]
+    own_cpu = time.process_time()
     measured = lib.check(lib.run_measured(cmd, env=env), what)
-    used = sum(lib.group_cpu_seconds(s.pgid) - before
-               for s, before in zip(servers, server_cpu, strict=True))
+    used = time.process_time() - own_cpu + sum(
+        lib.group_cpu_seconds(g) - before for g, before in zip(groups, group_cpu, strict=True))
     return measured, max(0.0, measured.machine_busy - measured.cpu_seconds - used)
 
 
@@ -322,18 +335,27 @@ def scenario_servers(root: Path, template: Path, sizes: list[int], files: int,
                                 result = timed(
                                     [AMLPROMOTE, "copy-model", f"{name}/1", "--source",
                                      source.url, "--target", target.url, "--target-name",
-                                     target_name, "-o", "json"], env, tool, (source, target))
+                                     target_name, "-o", "json"], env, tool,
+                                    (source.pgid, target.pgid))
                                 amlpromote_json(result[0], total)
                                 return result
                             return timed([lib.PYTHON, HAND_WRITTEN, f"{name}/1", "--source",
                                           source.url, "--target", target.url, "--target-name",
-                                          target_name], env, tool, (source, target))
+                                          target_name], env, tool,
+                                          (source.pgid, target.pgid))
                         finally:
                             # Free the disk: drop the copied files (the registry rows stay).
                             for child in target.artifacts.iterdir():
                                 shutil.rmtree(child, ignore_errors=True)
 
                     measure(results, tool, size, rep, attempt)
+    return results, twice_as_fast("servers", results, sizes)
+
+
+def twice_as_fast(label: str, results: dict[tuple[str, int], Samples],
+                  sizes: list[int]) -> list[tuple[str, bool]]:
+    """The goals of a scenario against the hand-written copy: the whole SIZE run at least 2x
+    faster, and amlpromote's peak RSS under the limit (at every size)."""
     small, big = sizes[0], sizes[-1]
     amlp, hand = results[("amlpromote", big)].median, results[("hand-written", big)].median
     gib = (big - small) / 1024
@@ -341,18 +363,122 @@ def scenario_servers(root: Path, template: Path, sizes: list[int], files: int,
     def marginal(tool: str) -> float:
         return (results[(tool, big)].median - results[(tool, small)].median) / gib
 
-    goals = [
-        (f"servers: amlpromote whole {big} MiB run ({amlp:.2f} s) at least 2x faster than "
-         f"hand-written ({hand:.2f} s; speed-up {hand / amlp:.2f}x)", hand >= 2 * amlp),
-        (f"servers: amlpromote peak RSS {results[('amlpromote', big)].peak_mb:.0f} MB "
-         f"< {RSS_LIMIT_MB:.0f} MB",
-         max(results[("amlpromote", s)].peak_mb for s in sizes) < RSS_LIMIT_MB),
-    ]
     print(f"\n  marginal cost per GiB ({big} MiB run minus {small} MiB run, medians): "
           f"amlpromote {marginal('amlpromote'):.2f} s, hand-written "
           f"{marginal('hand-written'):.2f} s (speed-up "
           f"{marginal('hand-written') / max(marginal('amlpromote'), 1e-9):.2f}x)")
-    return results, goals
+    return [
+        (f"{label}: amlpromote whole {big} MiB run ({amlp:.2f} s) at least 2x faster than "
+         f"hand-written ({hand:.2f} s; speed-up {hand / amlp:.2f}x)", hand >= 2 * amlp),
+        (f"{label}: amlpromote peak RSS {results[('amlpromote', big)].peak_mb:.0f} MB "
+         f"< {RSS_LIMIT_MB:.0f} MB",
+         max(results[("amlpromote", s)].peak_mb for s in sizes) < RSS_LIMIT_MB),
+    ]
+
+
+# Databricks in a box -> Azure ML in a box. The boxes are test-only stand-ins (tests/); the bench
+# imports them the way the tests do. They serve from threads of this process, which timed()
+# counts as part of each run, as it does Azurite's and the mlflow servers' CPU.
+SUBSCRIPTION = "00000000-0000-4000-8000-000000000001"
+RESOURCE_GROUP = "rg-amlpromote-bench"
+WORKSPACE = "ws-bench"
+PROFILE = "bench"
+HAND_WRITTEN_AZUREML = str(Path(_HERE) / "mlflow_databricks_to_azureml.py")
+
+
+def import_boxes() -> tuple[Any, Any, Any]:
+    """(AzureMLBox, DatabricksBox, MlflowServer) from tests/."""
+    tests = str(lib.REPO / "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)  # last: nothing there may shadow an installed package
+    from azureml_box import AzureMLBox
+    from databricks_box import DatabricksBox
+    from support.mlflow_server import MlflowServer
+
+    return AzureMLBox, DatabricksBox, MlflowServer
+
+
+def delete_blobs(box: Any, workspace: Any) -> None:
+    """Drop every blob of the workspace: Azurite keeps them in memory (--inMemoryPersistence),
+    and a few GiB per run would pile up."""
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(
+        box.azurite.connection_string, connection_verify=str(box.ca_bundle))
+    container = service.get_container_client(workspace.blob_container)
+    for blob in container.list_blobs():
+        container.delete_blob(blob.name)
+
+
+def scenario_databricks_azureml(
+        root: Path, template: Path, sizes: list[int], files: int,
+        repeat: int) -> tuple[dict[tuple[str, int], Samples], list[tuple[str, bool]]]:
+    azureml_box_class, databricks_box_class, mlflow_server_class = import_boxes()
+    base = root / "databricks-azureml"
+    base.mkdir()
+    results: dict[tuple[str, int], Samples] = {}
+    started = time.monotonic()
+    # One CA for both boxes, so one REQUESTS_CA_BUNDLE trusts both (as the e2e test does).
+    with contextlib.ExitStack() as stack:
+        box = stack.enter_context(azureml_box_class(base / "azureml"))
+        workspace = box.workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE)
+        backend = stack.enter_context(mlflow_server_class(base / "databricks-backend"))
+        databricks = stack.enter_context(
+            databricks_box_class(base / "databricks", backend=backend, ca=box.ca))
+        groups = (box.azurite.pid, workspace.backend.pid, backend.pid)
+        print(f"  boxes up in {time.monotonic() - started:.1f} s: Databricks {databricks.host} "
+              f"(backed by {backend.url}), Azure ML {box.url} with Azurite and the workspace's "
+              f"mlflow server {workspace.backend.url}", flush=True)
+
+        def on_backend(uri: str) -> Path:
+            # mlflow-artifacts:/<path> is <path> under the server's --artifacts-destination.
+            return Path(backend.artifacts_dir) / unquote(urlsplit(uri).path).lstrip("/")
+
+        models: dict[int, tuple[str, Path, int]] = {}
+        for size in sizes:
+            name = f"bench-{size}mib"
+            folder, total = register_model(backend.tracking_uri, name, on_backend, template,
+                                           size, files)
+            models[size] = (name, folder, total)
+            print(f"  source model {name}/1 in the Databricks workspace registry: {files} files, "
+                  f"{total / 1e6:.1f} MB", flush=True)
+        home = base / "home"
+        home.mkdir()
+        databricks.write_databrickscfg(home, PROFILE)
+        # A user's shell: HOME with the Databricks profile, the Azure variables the box
+        # documents (CA bundle, managed identity endpoint, proxy), no DATABRICKS_* overrides.
+        user = {k: v for k, v in lib.child_env(root, HOME=str(home)).items()
+                if not k.startswith("DATABRICKS_")}
+        env = box.client_env(user)
+        source_uri, target_uri = f"databricks://{PROFILE}", workspace.mlflow_uri
+        for size in sizes:
+            name, folder, total = models[size]
+            warm(folder)
+            for rep in range(repeat):
+                order = ["amlpromote", "hand-written"]
+                order = order[rep % 2:] + order[:rep % 2]
+                for tool in order:
+
+                    def attempt(n: int, tool: str = tool, name: str = name, total: int = total,
+                                size: int = size, rep: int = rep) -> tuple[lib.Measured, float]:
+                        target_name = f"{tool.replace(' ', '')}-{size}-{rep}-{n}"
+                        try:
+                            if tool == "amlpromote":
+                                result = timed(
+                                    [AMLPROMOTE, "copy-model", f"{name}/1", "--source",
+                                     source_uri, "--target", target_uri, "--target-name",
+                                     target_name, "--credential", "managed-identity",
+                                     "-o", "json"], env, tool, groups)
+                                amlpromote_json(result[0], total)
+                                return result
+                            return timed([lib.PYTHON, HAND_WRITTEN_AZUREML, f"{name}/1",
+                                          "--source", source_uri, "--target", target_uri,
+                                          "--target-name", target_name], env, tool, groups)
+                        finally:
+                            delete_blobs(box, workspace)
+
+                    measure(results, tool, size, rep, attempt)
+    return results, twice_as_fast("databricks-azureml", results, sizes)
 
 
 def report(title: str, results: dict[tuple[str, int], Samples], sizes: list[int],
@@ -376,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark amlpromote copy-model.")
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=64)
-    parser.add_argument("--scenario", choices=["local", "servers", "all"], default="all")
+    parser.add_argument("--scenario", choices=["local", "servers", "databricks-azureml", "all"],
+                        default="all")
     parser.add_argument("--repeat", type=int, default=5, help="runs per tool and size (median)")
     parser.add_argument("--quiet-timeout", type=float, default=60.0,
                         help="seconds to wait, before each run, for other processes to go idle")
@@ -412,6 +539,15 @@ def main(argv: list[str] | None = None) -> int:
                                                      args.repeat)
             report("servers (mlflow server -> mlflow server)", results, sizes, "hand-written")
             goals += server_goals
+            shutil.rmtree(root / "servers", ignore_errors=True)
+        if args.scenario in ("databricks-azureml", "all"):
+            print("\n[databricks-azureml] Databricks in a box (workspace registry) -> Azure ML in "
+                  "a box (workspace, Azurite)", flush=True)
+            results, box_goals = scenario_databricks_azureml(root, template, sizes, args.files,
+                                                             args.repeat)
+            report("databricks-azureml (Databricks box -> Azure ML box)", results, sizes,
+                   "hand-written")
+            goals += box_goals
     print("\ngoals")
     for text, ok in goals:
         print(f"  {lib.verdict(ok)}  {text}")

@@ -32,6 +32,12 @@ What real clients send here (measured by logging every request; mlflow 3.15, azu
 - MLflow 3 LoggedModel endpoints (`/api/2.0/mlflow/logged-models...`) answer 404 with an empty
   body, as Azure ML does today (set `resource.logged_models = True` to forward them instead);
   the backend's own artifact proxy (`/api/2.0/mlflow-artifacts/...`) is not reachable.
+- azure-ai-ml `MLClient(...).models.get(name, version)`: `GET <workspace>/models/N/versions/V`,
+  answered from the backend's model version: `modelType` is `mlflow_model` (with the flavors of
+  its MLmodel) when the version's files hold an MLmodel at their root, as Azure ML records a
+  version registered through MLflow, `custom_model` otherwise.
+- Tokens carry the identity's tenant; a token of another tenant gets 401
+  InvalidAuthenticationTokenTenant everywhere (`add_identity(name, tenant_id=...)`).
 
 Why a proxy: azureml-mlflow downloads a file only if its SAS URI matches
 `https://*.blob.<cloud storage suffix>/...` (`core.windows.net` for AzureCloud) and silently
@@ -40,7 +46,10 @@ Such names cannot resolve to loopback without touching /etc/hosts, so clients ge
 HTTPS_PROXY/HTTP_PROXY pointing at this box (the way a user behind a corporate proxy works):
 CONNECT to `*.blob.core.windows.net:443` is tunnelled to Azurite, `*.api.azureml.ms:443` to this
 server, and everything else is refused with 403 and recorded in `blocked_egress`, so a library
-that tries the internet fails fast and visibly instead of leaving the machine.
+that tries the internet fails fast and visibly instead of leaving the machine. While a "blob"
+fault is registered (or `inspect_blobs` is set), the proxy terminates TLS for blob hosts itself
+(the test CA signs `*.blob.core.windows.net`), so blob requests can be recorded, throttled or
+cut off midway like the box's own routes.
 """
 
 from __future__ import annotations
@@ -99,6 +108,16 @@ _SCOPE = (
     r"/providers/Microsoft\.MachineLearningServices/(?P<kind>workspaces|registries)/(?P<name>[^/]+)"
 )
 _ARM_RESOURCE = re.compile(rf"^{_SCOPE}/?$", re.IGNORECASE)
+# A model asset version (what `MLClient.models.get(name, version)` reads).
+_ARM_MODEL_VERSION = re.compile(
+    rf"^{_SCOPE}/models/(?P<model>[^/]+)/versions/(?P<version>[^/]+)/?$", re.IGNORECASE
+)
+# Where a registered version's files are, from its MLflow `source`.
+_SOURCE_RUN_ARTIFACTS = re.compile(
+    r"/experiments/(?P<exp>[^/]+)/runs/(?P<run>[^/]+)/artifacts(?P<rest>/.*)?$"
+)
+_SOURCE_LOCAL_UPLOAD = re.compile(r"^azureml://artifacts/LocalUpload/(?P<container>[^/]+)"
+                                  r"(?P<rest>/.*)?$")
 _ARM_LIST = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
     r"/providers/Microsoft\.MachineLearningServices/(?P<kind>workspaces|registries)/?$",
@@ -160,6 +179,9 @@ class Identity:
     name: str
     object_id: str
     client_id: str
+    # The Entra ID tenant the identity lives in; None: the box's own tenant. An identity from
+    # another tenant gets tokens, which the box's services refuse (wrong issuer), as Azure does.
+    tenant_id: str | None = None
 
 
 @dataclass
@@ -174,6 +196,11 @@ class Fault:
     path: re.Pattern[str] | None
     times: int | None
     hits: int = 0
+    # Let this many matching requests through untouched before the fault applies.
+    after: int = 0
+    passed: int = 0
+    # Hang up without answering (a connection dropped midway) instead of answering `status`.
+    drop: bool = False
 
     def matches(self, route: str, method: str, path: str) -> bool:
         if self.times is not None and self.hits >= self.times:
@@ -276,6 +303,7 @@ class _Response:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # hang up instead of answering
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> _Response:
@@ -334,6 +362,10 @@ class AzureMLBox:
         self._log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
         self.blocked_egress: list[str] = []
+        # Terminate TLS for blob hosts in the proxy and record each blob request (route "blob"),
+        # even without a blob fault; off by default, since the raw tunnel is faster.
+        self.inspect_blobs = False
+        self._blob_cert: Any = None
         self._server: _TLSServer | None = None
         self._proxy: _ProxyServer | None = None
         self._threads: list[threading.Thread] = []
@@ -388,6 +420,7 @@ class AzureMLBox:
                     dns_names=("localhost", f"*{BLOB_HOST_SUFFIX}"),
                     ip_addresses=("127.0.0.1",),
                 )
+                self._blob_cert = blob_cert
                 self.azurite = Azurite(
                     self.root / "azurite",
                     blob_cert,
@@ -611,9 +644,13 @@ class AzureMLBox:
 
     # -- identities and tokens ------------------------------------------------------------------
 
-    def add_identity(self, name: str) -> Identity:
-        """Another (user-assigned) identity; clients select it with its client id."""
-        identity = Identity(name, str(uuid.uuid4()), str(uuid.uuid4()))
+    def add_identity(self, name: str, tenant_id: str | None = None) -> Identity:
+        """Another (user-assigned) identity; clients select it with its client id.
+
+        `tenant_id`: an identity of another tenant: the token endpoint still issues its tokens,
+        and every service answers them with 401 InvalidAuthenticationTokenTenant.
+        """
+        identity = Identity(name, str(uuid.uuid4()), str(uuid.uuid4()), tenant_id)
         self.identities[identity.client_id] = identity
         return identity
 
@@ -625,17 +662,18 @@ class AzureMLBox:
     ) -> str:
         """A signed JWT as the token endpoint would return it (HS256 with a per-box key)."""
         who = identity or self.identity
+        tenant = who.tenant_id or self.tenant_id
         now = int(time.time())
         claims = {
             "aud": resource,
-            "iss": f"https://sts.windows.net/{self.tenant_id}/",
+            "iss": f"https://sts.windows.net/{tenant}/",
             "iat": now,
             "nbf": now - 60,
             "exp": now + int(lifetime),
             "appid": who.client_id,
             "oid": who.object_id,
             "sub": who.object_id,
-            "tid": self.tenant_id,
+            "tid": tenant,
             "idtyp": "app",
             "xms_mirid": (
                 f"/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/box"
@@ -679,6 +717,15 @@ class AzureMLBox:
                 "ExpiredAuthenticationToken",
                 "The access token expiry UTC time is earlier than current UTC time.",
             )
+        if claims.get("tid") != self.tenant_id:
+            # ARM's wording for a token of another directory than the subscription's.
+            raise _Unauthenticated(
+                "InvalidAuthenticationTokenTenant",
+                f"The access token is from the wrong issuer '{claims.get('iss')}'. It must match "
+                f"the tenant 'https://sts.windows.net/{self.tenant_id}/' associated with this "
+                "subscription. Please use the authority (URL) "
+                f"'https://login.windows.net/{self.tenant_id}' to get the token.",
+            )
         if claims.get("aud") not in ACCEPTED_AUDIENCES:
             raise _Unauthenticated(
                 "InvalidAuthenticationTokenAudience",
@@ -702,12 +749,18 @@ class AzureMLBox:
         method: str | None = None,
         path: str | None = None,
         times: int | None = 1,
+        after: int = 0,
+        drop: bool = False,
     ) -> Fault:
         """Answer matching requests with `status` (after `delay` seconds), or just slow them
         down (`status=None`), for the next `times` matches (None: until cleared).
 
-        route: "token", "arm", "discovery", "mlflow", "artifact", "registry-discovery";
-        path: a regular expression searched in the request path.
+        route: "token", "arm", "discovery", "mlflow", "artifact", "registry-discovery", "blob"
+            (blob storage requests: while a "blob" fault is registered, the proxy terminates
+            TLS for blob hosts and forwards each request to Azurite itself, recording it);
+        path: a regular expression searched in the request path (for blobs, the blob path);
+        after: let the first `after` matching requests through before the fault applies;
+        drop: hang up without an answer (for blobs, midway through the request body).
         429/503 get a `Retry-After` header when `retry_after` is given.
         """
         fault = Fault(
@@ -718,6 +771,8 @@ class AzureMLBox:
             method=method,
             path=re.compile(path) if path is not None else None,
             times=times,
+            after=after,
+            drop=drop,
         )
         with self._faults_lock:
             self._faults.append(fault)
@@ -731,9 +786,16 @@ class AzureMLBox:
         with self._faults_lock:
             for fault in self._faults:
                 if fault.matches(route, method, path):
+                    if fault.passed < fault.after:
+                        fault.passed += 1
+                        continue
                     fault.hits += 1
                     return fault
         return None
+
+    def _inspects_blobs(self) -> bool:
+        with self._faults_lock:
+            return self.inspect_blobs or any(f.route == "blob" for f in self._faults)
 
     # -- request log ----------------------------------------------------------------------------
 
@@ -830,6 +892,8 @@ class AzureMLBox:
             return "artifact", self._handle_artifact, m
         if m := _HISTORY.match(path):
             return "artifact", self._handle_run_artifact, m
+        if m := _ARM_MODEL_VERSION.match(path):
+            return "arm", self._handle_arm_model_version, m
         if m := _ARM_RESOURCE.match(path):
             return "arm", self._handle_arm_resource, m
         if m := _ARM_LIST.match(path):
@@ -846,6 +910,8 @@ class AzureMLBox:
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
+            if fault.drop:
+                return _Response(0, drop=True), route, None, "drop"
             if fault.status is not None:
                 fault_text = f"{fault.status}" + (
                     f" retry-after={fault.retry_after:g}" if fault.retry_after is not None else ""
@@ -1346,6 +1412,95 @@ class AzureMLBox:
         # Where real workspaces keep run artifacts: ExperimentRun/dcid.<run id>/<path>.
         return self._artifact_operation(found, "ExperimentRun", f"dcid.{run_id}", op, req)
 
+    # -- handlers: model assets ------------------------------------------------------------------
+
+    def _handle_arm_model_version(self, req: _Request, m: re.Match[str] | None) -> _Response:
+        """A registered version as an Azure ML model asset. Like Azure ML, a version whose files
+        hold an MLmodel at their root is an MLflow model (`mlflow_model`, with the flavors from
+        MLmodel, deployable without code); any other is a `custom_model`."""
+        assert m is not None
+        if (bad := self._require_api_version(req)) is not None:
+            return bad
+        kind = m["kind"].lower()
+        if req.method != "GET" or kind != "workspaces":
+            return self._arm_error(405, "MethodNotAllowed",
+                                   f"{req.method} on {kind} models is not emulated by the box.")
+        found = self._authorize(req, "arm", kind, m["sub"], m["rg"], m["name"], "models/read")
+        if isinstance(found, _Response):
+            return found
+        name, version = unquote(m["model"]), unquote(m["version"])
+        mv = None
+        if found.backend is not None:
+            mv = self._backend_get(found.backend, "/api/2.0/mlflow/model-versions/get",
+                                   {"name": name, "version": version})
+        if mv is None:
+            return self._arm_error(404, "ResourceNotFound",
+                                   f"Model container {name} version {version} not found.")
+        return _Response.json(200, self._model_version_json(found, mv["model_version"]))
+
+    def _model_version_json(self, ws: AzureMLResource, mv: dict[str, Any]) -> dict[str, Any]:
+        source = str(mv.get("source") or "")
+        origin = container = prefix = None
+        job = None
+        if rm := _SOURCE_RUN_ARTIFACTS.search(source):
+            origin, container, job = "ExperimentRun", f"dcid.{rm['run']}", rm["run"]
+            prefix = (rm["rest"] or "").strip("/")
+        elif lm := _SOURCE_LOCAL_UPLOAD.match(source):
+            origin, container = "LocalUpload", lm["container"]
+            prefix = (lm["rest"] or "").strip("/")
+        mlmodel = None
+        if origin is not None and container is not None:
+            with ws.lock:
+                store = ws.artifacts.get((origin, container), {})
+                mlmodel = store.get(f"{prefix}/MLmodel" if prefix else "MLmodel")
+        flavors: dict[str, Any] = {}
+        if mlmodel is not None:
+            import yaml
+
+            document = yaml.safe_load(self.read_blob(ws, mlmodel.blob_name)) or {}
+            for flavor, data in (document.get("flavors") or {}).items():
+                flavors[flavor] = {"data": {
+                    k: v if isinstance(v, str) else json.dumps(v)
+                    for k, v in (data or {}).items()}}
+        model_uri = (
+            f"azureml://subscriptions/{ws.subscription_id}/resourcegroups/{ws.resource_group}"
+            f"/workspaces/{ws.name}/datastores/{ARTIFACT_DATASTORE}/paths/"
+            f"{origin}/{container}/{prefix}" if origin else source
+        )
+        created = datetime.fromtimestamp(int(mv.get("creation_timestamp") or 0) / 1000,
+                                         tz=timezone.utc)
+        return {
+            "id": f"{ws.arm_id}/models/{mv['name']}/versions/{mv['version']}",
+            "name": str(mv["version"]),
+            "type": f"{PROVIDER}/workspaces/models/versions",
+            "systemData": {"createdAt": _iso(created), "createdBy": "amlpromote-tests",
+                           "createdByType": "Application", "lastModifiedAt": _iso(created)},
+            "properties": {
+                "description": mv.get("description") or None,
+                "tags": {t["key"]: t.get("value", "") for t in mv.get("tags") or []},
+                "properties": {},
+                "isArchived": False,
+                "isAnonymous": False,
+                "flavors": flavors,
+                "modelType": "mlflow_model" if mlmodel is not None else "custom_model",
+                "modelUri": model_uri,
+                "jobName": job,
+                "stage": "Development",
+            },
+        }
+
+    @staticmethod
+    def _backend_get(backend: MlflowServer, path: str, query: dict[str, str]) \
+            -> dict[str, Any] | None:
+        conn = http.client.HTTPConnection(backend.host, backend.port, timeout=30)
+        try:
+            conn.request("GET", f"{path}?{urlencode(query)}")
+            response = conn.getresponse()
+            body = response.read()
+            return json.loads(body) if response.status == 200 else None
+        finally:
+            conn.close()
+
     def _run_exists(self, ws: AzureMLResource, run_id: str) -> bool:
         if ws.backend is None:
             return False
@@ -1547,6 +1702,11 @@ class _Handler(BaseHTTPRequestHandler):
                 host=req.host,
             )
         )
+        if response.drop:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self.send_response(response.status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -1615,9 +1775,137 @@ class _ProxyHandler(socketserver.StreamRequestHandler):
             )
             return
         record()
+        if host.lower().endswith(BLOB_HOST_SUFFIX) and box._inspects_blobs():
+            self.wfile.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            _BlobInspector(box, self.connection, destination).serve()
+            return
         with contextlib.closing(socket.create_connection(destination, timeout=10)) as upstream:
             self.wfile.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             _pipe(self.connection, upstream)
+
+
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                         "te", "trailer", "upgrade", "expect", "content-length"})
+
+
+class _BlobInspector:
+    """Blob storage seen through the proxy: TLS is terminated here (the test CA's certificate for
+    `*.blob.core.windows.net`), each request is checked against the "blob" faults, recorded
+    (without its SAS signature) and forwarded to Azurite, one at a time per connection."""
+
+    def __init__(self, box: AzureMLBox, client: socket.socket,
+                 destination: tuple[str, int]) -> None:
+        self.box = box
+        self.client = client
+        self.destination = destination
+
+    def serve(self) -> None:
+        box = self.box
+        assert box._blob_cert is not None and box.ca is not None
+        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_context.load_cert_chain(box._blob_cert.chain_path, box._blob_cert.key_path)
+        upstream_context = ssl.create_default_context(cafile=str(box.ca.bundle_path))
+        try:
+            tls = server_context.wrap_socket(self.client, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        upstream = http.client.HTTPSConnection(*self.destination, context=upstream_context,
+                                               timeout=120)
+        reader = tls.makefile("rb")
+        try:
+            while self._one(tls, reader, upstream):
+                pass
+        except (OSError, ssl.SSLError, http.client.HTTPException, ValueError):
+            pass
+        finally:
+            upstream.close()
+            with contextlib.suppress(OSError):
+                reader.close()
+                tls.close()
+
+    def _one(self, tls: ssl.SSLSocket, reader: Any, upstream: http.client.HTTPSConnection) \
+            -> bool:
+        box = self.box
+        request_line = reader.readline(65537).decode("latin-1").strip()
+        if not request_line:
+            return False
+        method, target, _ = request_line.split(" ", 2)
+        headers: list[tuple[str, str]] = []
+        while (line := reader.readline(65537)) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers.append((name.strip(), value.strip()))
+        lowered = {k.lower(): v for k, v in headers}
+        started = time.time()
+        split = urlsplit(target)
+        path = unquote(split.path)
+        fault = box._take_fault("blob", method, path)
+        if lowered.get("expect", "").lower() == "100-continue" and not (fault and fault.drop):
+            tls.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        length = int(lowered.get("content-length") or 0)
+        if fault is not None and fault.drop:
+            # A connection lost midway through the upload: half the body, then nothing.
+            reader.read(length // 2)
+            self._record(method, split, 0, started, "drop", lowered.get("host", ""))
+            with contextlib.suppress(OSError):
+                tls.shutdown(socket.SHUT_RDWR)
+            return False
+        if lowered.get("transfer-encoding", "").lower() == "chunked":
+            body = _read_chunked(reader)
+        else:
+            body = reader.read(length) if length else b""
+        fault_text = None
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            fault_text = f"delay={fault.delay:g}"
+            if fault.status is not None:
+                fault_text = f"{fault.status}" + (
+                    f" retry-after={fault.retry_after:g}" if fault.retry_after is not None else ""
+                )
+                code = {429: "ServerBusy", 503: "ServerBusy", 500: "InternalError"}.get(
+                    fault.status, "InjectedFault")
+                payload = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
+                           f"<Message>Injected fault: HTTP {fault.status}.</Message></Error>")
+                extra = {"x-ms-error-code": code, "Content-Type": "application/xml"}
+                if fault.retry_after is not None:
+                    extra["Retry-After"] = f"{fault.retry_after:g}"
+                self._send(tls, fault.status, list(extra.items()), payload.encode(), method)
+                self._record(method, split, fault.status, started, fault_text,
+                             lowered.get("host", ""))
+                return True
+        forwarded = {k: v for k, v in headers if k.lower() not in _HOP_BY_HOP}
+        upstream.request(method, target, body=body, headers=forwarded)
+        response = upstream.getresponse()
+        data = response.read()
+        out = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
+        self._send(tls, response.status, out, data, method,
+                   length=response.getheader("Content-Length"))
+        self._record(method, split, response.status, started, fault_text,
+                     lowered.get("host", ""))
+        return True
+
+    @staticmethod
+    def _send(tls: ssl.SSLSocket, status: int, headers: list[tuple[str, str]], body: bytes,
+              method: str, length: str | None = None) -> None:
+        reason = http.client.responses.get(status, "Status")
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        # A HEAD answer announces the blob's length without a body.
+        size = length if method == "HEAD" and length is not None else str(len(body))
+        lines.append(f"Content-Length: {size}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        tls.sendall(head + (b"" if method == "HEAD" else body))
+
+    def _record(self, method: str, split: Any, status: int, started: float,
+                fault: str | None, host: str) -> None:
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        self.box._record(RequestRecord(
+            method=method, path=unquote(split.path),
+            query={k: ("<redacted>" if k.lower() in _SECRET_QUERY_KEYS else v)
+                   for k, v in query.items()},
+            route="blob", status=status, identity=None, fault=fault, started=started,
+            duration=time.time() - started, host=host.split(":")[0].lower(),
+        ))
 
 
 def _pipe(a: socket.socket, b: socket.socket, idle_timeout: float = 120.0) -> None:
