@@ -114,3 +114,92 @@ def test_live_databricks_version_promotes_byte_exact_and_loads(
         cwd=tmp_path, capture_output=True, text=True, timeout=1800, check=False,
     )  # fmt: skip
     assert load.returncode == 0, load.stderr
+
+
+# ============================================================================================
+# Azure ML (target side): AMLPROMOTE_LIVE_AZUREML_SUBSCRIPTION, _RESOURCE_GROUP, _WORKSPACE, and
+# optionally _CREDENTIAL (default: default) and _REGISTRY (an Azure ML registry to promote into
+# as well). Signs in through azure-identity exactly like the CLI (az login, a service principal
+# in AZURE_*, a managed identity). Each run registers a new model name, `amlpromote-live-<id>`,
+# in the workspace; delete it afterwards if you like.
+# With the Databricks variables also set, the source is that Databricks model (the mission's
+# main path); otherwise it is the heart classifier in a local sqlite registry.
+# ============================================================================================
+
+AZUREML_SUBSCRIPTION = os.environ.get("AMLPROMOTE_LIVE_AZUREML_SUBSCRIPTION", "")
+AZUREML_RESOURCE_GROUP = os.environ.get("AMLPROMOTE_LIVE_AZUREML_RESOURCE_GROUP", "")
+AZUREML_WORKSPACE = os.environ.get("AMLPROMOTE_LIVE_AZUREML_WORKSPACE", "")
+AZUREML_CREDENTIAL = os.environ.get("AMLPROMOTE_LIVE_AZUREML_CREDENTIAL", "default")
+AZUREML_REGISTRY = os.environ.get("AMLPROMOTE_LIVE_AZUREML_REGISTRY", "")
+
+live_azureml = pytest.mark.skipif(
+    not (AZUREML_SUBSCRIPTION and AZUREML_RESOURCE_GROUP and AZUREML_WORKSPACE),
+    reason="set AMLPROMOTE_LIVE_AZUREML_SUBSCRIPTION, AMLPROMOTE_LIVE_AZUREML_RESOURCE_GROUP "
+           "and AMLPROMOTE_LIVE_AZUREML_WORKSPACE to run",
+)
+
+
+def _azure_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMLPROMOTE_", "MLFLOW_"))}
+    env.update({"HOME": os.environ.get("HOME", str(home)), "MLFLOW_DISABLE_TELEMETRY": "true",
+                "DO_NOT_TRACK": "true"})
+    if DATABRICKS_HOST and DATABRICKS_TOKEN:
+        env.update({"DATABRICKS_HOST": DATABRICKS_HOST, "DATABRICKS_TOKEN": DATABRICKS_TOKEN})
+    return env
+
+
+def _live_source(tmp_path: Path) -> tuple[str, str]:
+    """(source URI, REF): the live Databricks model if configured, else a local heart model."""
+    if DATABRICKS_HOST and DATABRICKS_TOKEN and DATABRICKS_MODEL:
+        name = DATABRICKS_MODEL.rpartition("/")[0]
+        return ("databricks-uc" if name.count(".") == 2 else "databricks"), DATABRICKS_MODEL
+    from support.models import register_heart_model
+
+    source = f"sqlite:///{tmp_path / 'source' / 'mlflow.db'}"
+    (tmp_path / "source").mkdir()
+    version = register_heart_model(source, name="live-heart", alias=None)
+    return source, f"live-heart/{version}"
+
+
+def _promote(env: dict[str, str], cwd: Path, source: str, ref: str, name: str,
+             *target: str) -> dict[str, object]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "amlpromote", "copy-model", ref, "--source", source, *target,
+         "--credential", AZUREML_CREDENTIAL, "--target-name", name, "--verify", "-o", "json"],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert DATABRICKS_TOKEN == "" or DATABRICKS_TOKEN not in proc.stdout + proc.stderr
+    document: dict[str, object] = json.loads(proc.stdout)
+    return document
+
+
+@live_azureml
+def test_live_azureml_workspace_promotion_is_verified_idempotent_and_loads(
+    tmp_path: Path, isolated_environment: Path
+) -> None:
+    import uuid
+
+    env = _azure_env(isolated_environment)
+    source, ref = _live_source(tmp_path)
+    name = f"amlpromote-live-{uuid.uuid4().hex[:8]}"
+    coordinates = ("--workspace", AZUREML_WORKSPACE, "--resource-group", AZUREML_RESOURCE_GROUP,
+                   "--subscription", AZUREML_SUBSCRIPTION)
+    first = _promote(env, tmp_path, source, ref, name, *coordinates)
+    assert first["status"] == "copied" and first["verified"] is True
+    target = first["target"]
+    assert isinstance(target, dict) and str(target["uri"]).startswith("azureml://")
+    again = _promote(env, tmp_path, source, ref, name, *coordinates)
+    assert again["status"] == "unchanged"
+
+    # The workspace holds an MLflow-model asset that plain MLflow loads from the azureml:// URI.
+    script = ("import mlflow, mlflow.pyfunc, sys; mlflow.set_tracking_uri(sys.argv[1]); "
+              "mlflow.set_registry_uri(sys.argv[1]); mlflow.pyfunc.load_model(sys.argv[2])")
+    load = subprocess.run(
+        [sys.executable, "-c", script, str(target["uri"]), f"models:/{name}/{target['version']}"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1800, check=False)
+    assert load.returncode == 0, load.stderr[-3000:]
+
+    if AZUREML_REGISTRY:
+        shared = _promote(env, tmp_path, source, ref, name, "--registry", AZUREML_REGISTRY)
+        assert shared["status"] == "copied" and shared["verified"] is True
