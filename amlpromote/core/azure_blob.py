@@ -13,6 +13,10 @@ Run artifacts live under `/history/v1.0/<workspace scope>/experiments/E/runs/R/a
 LocalUpload folders under `/artifact/v2.0/<workspace scope>/artifacts/<origin>/<container>`, both
 on the host of the workspace's MLflow URI, with the workspace credential's bearer token.
 
+An Azure ML registry has no artifact service: it hands out a SAS URL of a whole blob container
+(`ContainerFolder`), which is listed with List Blobs and written blob by blob (core/
+azure_registry.py). Both kinds of target upload through the same `BlockUploader`.
+
 Uploads stream from the source into fixed-size blocks: each file larger than one block goes up
 as Put Block requests, several at once, each retried on its own (honouring Retry-After on
 429/503), then one Put Block List commits them; smaller files are one Put Blob. Memory is bounded
@@ -30,9 +34,9 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from amlpromote.core.artifacts import (
     HTTP_CHUNK,
@@ -142,8 +146,12 @@ class ArtifactService:
         self._session.mount("http://", adapter)
 
     def request(self, method: str, url: str, what: str, *, authorize: bool = False,
-                **kwargs: Any) -> Any:
-        """One request; raises TransientError for what is worth another attempt."""
+                checked: bool = True, **kwargs: Any) -> Any:
+        """One request; raises TransientError for what is worth another attempt.
+
+        `checked=False` hands back any HTTP answer for the caller to judge (Azure Resource
+        Manager's error documents are mapped in core/azure_registry.py); transport failures are
+        still TransientError."""
         import requests
 
         headers = dict(kwargs.pop("headers", None) or {})
@@ -173,7 +181,8 @@ class ArtifactService:
                 requests.exceptions.ChunkedEncodingError) as exc:
             raise TransientError(f"{what}: connection to {urlsplit(url).netloc} failed "
                                  f"({exc.__class__.__name__})") from None
-        self._check(response, what, authorize)
+        if checked:
+            self._check(response, what, authorize)
         return response
 
     def call(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
@@ -203,15 +212,16 @@ class ArtifactService:
             raise TransientError(f"{what}: HTTP {status} {code}".strip(),
                                  retry_after=parse_retry_after(response.headers.get("Retry-After")))
         scope = self.connection.scope
+        noun = "registry" if scope.is_registry else "workspace"
         if status in (401, 403) and authorized:
             raise AuthFailed(f"{what}: {scope.display} refused "
                              f"{self.connection.credential.description} (HTTP {status})",
-                             hint="check the identity's role on the workspace (e.g. AzureML Data "
+                             hint=f"check the identity's role on the {noun} (e.g. AzureML Data "
                                   "Scientist) and its tenant, or choose another --credential")
         if status in (401, 403):
             raise AuthFailed(f"{what}: blob storage refused the signed URL (HTTP {status}"
                              f"{' ' + code if code else ''})",
-                             hint="the workspace's signed URL expired or its storage refuses "
+                             hint=f"the {noun}'s signed URL expired or its storage refuses "
                                   "access; run again, and check the storage account's network "
                                   "rules")
         if status == 404:
@@ -219,7 +229,7 @@ class ArtifactService:
                            hint=f"the files are not in {scope.display}")
         raise OperationFailed(f"{what}: HTTP {status} {code} {detail}".strip(),
                               hint="run again with --verbose; if it persists, check the "
-                                   "workspace's storage")
+                                   f"{noun}'s storage")
 
     # -- the artifact service protocol ----------------------------------------------------------
 
@@ -380,25 +390,19 @@ class _ChunkBody:
         return b""
 
 
-class AzureArtifactSink:
-    """Writes files into an Azure ML artifact folder (a run's, for staging a version)."""
+class BlockUploader:
+    """Uploads one stream to one blob write URL: a Put Blob for a file up to one block, else
+    parallel Put Blocks and a Put Block List. Shared by every file of one transfer, so its
+    buffer pool bounds the transfer's memory."""
 
-    def __init__(self, service: ArtifactService, folder: ArtifactFolder,
-                 block_size: int = BLOCK_SIZE, buffers: int = BUFFERS,
-                 blocks_in_flight: int = BLOCKS_IN_FLIGHT) -> None:
+    def __init__(self, service: ArtifactService, block_size: int = BLOCK_SIZE,
+                 buffers: int = BUFFERS, blocks_in_flight: int = BLOCKS_IN_FLIGHT) -> None:
         self.service = service
-        self.folder = folder
         self.block_size = block_size
         self.blocks_in_flight = blocks_in_flight
-        self.description = f"{service.connection.scope.display}, {folder.label}"
         self._pool = _BufferPool(buffers, block_size)
 
-    def write(self, path: str, size: int | None, chunks: Chunks) -> None:
-        rel = safe_relative_path(path)
-        full = self.folder.path_of(rel)
-        # Asking again for a path that exists hands out a fresh URL and overwrites: what a
-        # retried file needs.
-        url = self.service.create(self.folder, [full])[full]
+    def upload(self, url: str, rel: str, size: int | None, chunks: Chunks) -> None:
         if size is not None and size <= self.block_size:
             self._put_blob(url, rel, size, chunks)
         else:
@@ -480,7 +484,7 @@ class AzureArtifactSink:
                 call_with_retry(attempt, self.service.policy)
             except TransientError as exc:
                 raise Unreachable(f"{exc}; gave up after retries",
-                                  hint="the workspace's storage keeps failing; run again later "
+                                  hint="the target's storage keeps failing; run again later "
                                        "— nothing was registered") from exc
         finally:
             self._pool.give(buffer)
@@ -493,6 +497,134 @@ class AzureArtifactSink:
                                      f"committing {rel}",
                                      data=body, headers={"Content-Type": "application/xml"})
         response.close()
+
+
+class AzureArtifactSink:
+    """Writes files into an Azure ML artifact folder (a run's, for staging a version)."""
+
+    def __init__(self, service: ArtifactService, folder: ArtifactFolder,
+                 block_size: int = BLOCK_SIZE, buffers: int = BUFFERS,
+                 blocks_in_flight: int = BLOCKS_IN_FLIGHT) -> None:
+        self.service = service
+        self.folder = folder
+        self.description = f"{service.connection.scope.display}, {folder.label}"
+        self.uploader = BlockUploader(service, block_size, buffers, blocks_in_flight)
+
+    @property
+    def block_size(self) -> int:
+        return self.uploader.block_size
+
+    def write(self, path: str, size: int | None, chunks: Chunks) -> None:
+        rel = safe_relative_path(path)
+        full = self.folder.path_of(rel)
+        # Asking again for a path that exists hands out a fresh URL and overwrites: what a
+        # retried file needs.
+        url = self.service.create(self.folder, [full])[full]
+        self.uploader.upload(url, rel, size, chunks)
+
+
+# -- a blob container reached through its SAS URL (Azure ML registries) ---------------------------
+
+
+@dataclass(frozen=True)
+class ContainerFolder:
+    """A folder in one blob container, with the container's SAS (never shown)."""
+
+    container_url: str  # https://ACCOUNT.blob.../CONTAINER, no query
+    sas: str = field(repr=False)  # the SAS query string, without "?"; a secret
+    prefix: str = ""  # the folder inside the container ("" for the whole container)
+
+    @classmethod
+    def from_sas_url(cls, sas_url: str, folder: str = "") -> ContainerFolder:
+        """`https://A.blob.../C[/path]?SAS` -> the container C and the folder path/folder."""
+        parts = urlsplit(sas_url)
+        segments = [s for s in parts.path.split("/") if s]
+        if parts.scheme != "https" or not segments or not parts.query:
+            raise OperationFailed(f"Azure ML handed out an unusable storage URL "
+                                  f"({_blob_name(sas_url)})",
+                                  hint="run again; report it if it persists")
+        container_url = f"{parts.scheme}://{parts.netloc}/{segments[0]}"
+        inner = "/".join(unquote(s) for s in segments[1:])
+        prefix = "/".join(p for p in (inner, folder.strip("/")) if p)
+        return cls(container_url, parts.query, prefix)
+
+    @property
+    def folder_url(self) -> str:
+        """The folder's blob URL without the SAS (what a model version's modelUri names)."""
+        return f"{self.container_url}/{quote(self.prefix)}" if self.prefix \
+            else self.container_url
+
+    @property
+    def label(self) -> str:
+        return _blob_name(self.folder_url)
+
+    def blob_url(self, rel: str) -> str:
+        name = f"{self.prefix}/{rel}" if self.prefix else rel
+        return f"{self.container_url}/{quote(name)}?{self.sas}"
+
+    def list_url(self, marker: str | None) -> str:
+        query = "restype=container&comp=list"
+        if self.prefix:
+            query += f"&prefix={quote(self.prefix + '/', safe='')}"
+        if marker:
+            query += f"&marker={quote(marker, safe='')}"
+        return f"{self.container_url}?{self.sas}&{query}"
+
+
+class ContainerSource:
+    """A model folder in a blob container, listed with List Blobs (sizes included)."""
+
+    def __init__(self, service: ArtifactService, folder: ContainerFolder) -> None:
+        self.service = service
+        self.folder = folder
+        self.description = f"{service.connection.scope.display}, {folder.label}"
+
+    def list_files(self) -> list[ArtifactFile]:
+        import xml.etree.ElementTree as ElementTree
+
+        files: list[ArtifactFile] = []
+        marker: str | None = None
+        skip = len(self.folder.prefix) + 1 if self.folder.prefix else 0
+        for _ in range(_LIST_PAGE_LIMIT):
+            response = self.service.call("GET", self.folder.list_url(marker),
+                                         f"listing the files of {self.folder.label}")
+            root = ElementTree.fromstring(response.content)
+            for blob in root.iter("Blob"):
+                name = blob.findtext("Name") or ""
+                length = blob.findtext("Properties/Content-Length")
+                if name[skip:]:
+                    files.append(ArtifactFile(safe_relative_path(name[skip:]),
+                                              int(length) if length else None))
+            marker = root.findtext("NextMarker") or None
+            if marker is None:
+                break
+        return sorted(files, key=lambda f: f.path)
+
+    @contextmanager
+    def open(self, path: str) -> Iterator[Chunks]:
+        rel = safe_relative_path(path)
+        response = self.service.request("GET", self.folder.blob_url(rel), f"downloading {rel}",
+                                        stream=True)
+        try:
+            yield _response_chunks(response, rel)
+        finally:
+            response.close()
+
+
+class ContainerSink:
+    """Writes files into a folder of a blob container (a registry's pending upload)."""
+
+    def __init__(self, service: ArtifactService, folder: ContainerFolder,
+                 uploader: BlockUploader | None = None) -> None:
+        self.service = service
+        self.folder = folder
+        self.description = f"{service.connection.scope.display}, {folder.label}"
+        self.uploader = uploader or BlockUploader(service)
+
+    def write(self, path: str, size: int | None, chunks: Chunks) -> None:
+        rel = safe_relative_path(path)
+        # Writing a blob again replaces it: what a retried file needs.
+        self.uploader.upload(self.folder.blob_url(rel), rel, size, chunks)
 
 
 def _with_query(url: str, extra: str) -> str:

@@ -3,7 +3,8 @@
 Guarantees (README "Promotion semantics"): the target's files are the source's bytes; a re-run
 with the same source version and digest does nothing; a version is registered only after all
 files are written and checked; two concurrent runs end with one version (the lowest-numbered
-version of the same source and digest wins and the other run deletes its own).
+version of the same source and digest wins and the other run deletes its own; an Azure ML
+registry target takes the winner's version instead of registering its own).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from amlpromote.core.databricks import check_source_ref
 from amlpromote.core.errors import AmlPromoteError, BadInput, OperationFailed
 from amlpromote.core.refs import ModelRef
 from amlpromote.core.registry import MlflowRegistry, VersionInfo
-from amlpromote.core.target import MlflowTarget, StagedUpload
+from amlpromote.core.target import PromotionTarget, StagedUpload, make_target
 from amlpromote.core.transfer import ArtifactManifest, TransferProgress, copy_files, hash_files
 from amlpromote.core.uris import RegistryUri
 
@@ -80,7 +81,13 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
     """Copy one model version from the source registry to the target registry."""
     started = time.monotonic()
     source = MlflowRegistry(request.source)
-    target = MlflowTarget(MlflowRegistry(request.target))
+    target = make_target(request.target)
+    if (request.aliases or request.copy_aliases) and not target.supports_aliases:
+        # Refused before anything is read or written: the promotion could not be completed.
+        raise BadInput("Azure ML registries have no aliases: --alias and --copy-aliases "
+                       "cannot be used with an Azure ML registry target",
+                       hint="drop --alias/--copy-aliases and refer to the version by its "
+                            "number, or promote into an Azure ML workspace")
 
     source.require_existing()
     check_source_ref(request.source, request.ref)
@@ -139,7 +146,8 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
     if request.dry_run:
         return finish("planned", manifest, None, _wanted_aliases(request, version), None)
 
-    staged = target.begin(f"{target_name}-v{version.version}", {lineage.KEY: key})
+    staged = target.begin(f"{target_name}-v{version.version}", {lineage.KEY: key},
+                          name=target_name)
     log(f"staging {len(files)} files in {target.display}")
     try:
         manifest = copy_files(reader, staged.sink, files, progress, request.workers, log)
@@ -156,7 +164,8 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
             source_tags=version.tags, tool_version=__version__, limits=target.tag_limits),
             target.tag_limits)
         try:
-            created = target.register(staged, target_name, version.description, tags)
+            created = target.register(staged, target_name, version.description, tags,
+                                      force=request.force)
         except AmlPromoteError:
             # The registry may have registered the version and lost only its answer; then the
             # promotion succeeded and the staged files are in use.
@@ -167,11 +176,16 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
     except BaseException:
         target.abort(staged)
         raise
-    log(f"registered {target_name} version {created.version}")
-
     status = "copied"
+    if created.extra.get("existing"):
+        # A concurrent run registered this same promotion first (a registry target takes it
+        # instead of adding a second version).
+        log(f"version {created.version} holds the same promotion, registered by another run")
+        status = "unchanged"
+    else:
+        log(f"registered {target_name} version {created.version}")
     winner = created
-    if not request.force:
+    if not request.force and status == "copied":
         twins = target.find_promoted(target_name, {lineage.KEY: key,
                                                    lineage.DIGEST: manifest.digest})
         if twins and int(twins[0].version) < int(created.version):
@@ -204,7 +218,7 @@ def _wanted_aliases(request: PromoteRequest, version: VersionInfo) -> list[str]:
     return sorted(set(wanted))
 
 
-def _apply_aliases(target: MlflowTarget, request: PromoteRequest, version: VersionInfo,
+def _apply_aliases(target: PromotionTarget, request: PromoteRequest, version: VersionInfo,
                    dest: VersionInfo, log: Log) -> list[str]:
     for alias in _wanted_aliases(request, version):
         log(f"alias {alias} -> {dest.name} version {dest.version}")
@@ -212,7 +226,7 @@ def _apply_aliases(target: MlflowTarget, request: PromoteRequest, version: Versi
     return target.version_aliases(dest.name, dest.version)
 
 
-def _check_staged(target: MlflowTarget, staged: StagedUpload, manifest: ArtifactManifest,
+def _check_staged(target: PromotionTarget, staged: StagedUpload, manifest: ArtifactManifest,
                   request: PromoteRequest, progress: TransferProgress | None, log: Log) -> None:
     """Before registering: the staged listing must match what was written (paths and sizes);
     with --verify, every staged byte is read back and hashed."""
@@ -236,11 +250,10 @@ def _check_staged(target: MlflowTarget, staged: StagedUpload, manifest: Artifact
                 hint="the target storage altered the files; nothing was registered")
 
 
-def _verify(target: MlflowTarget, existing: VersionInfo, manifest: ArtifactManifest,
+def _verify(target: PromotionTarget, existing: VersionInfo, manifest: ArtifactManifest,
             progress: TransferProgress | None, request: PromoteRequest, log: Log) -> bool:
     log(f"verifying {existing.name} version {existing.version} in the target")
-    uri = target.registry.artifact_uri(existing)
-    reader = target.registry.artifact_source(uri)
+    reader = target.version_source(existing)
     check = hash_files(reader, _model_files(reader.list_files()), progress, request.workers, log)
     if check.digest != manifest.digest:
         raise OperationFailed(

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from amlpromote.core.artifacts import ArtifactSink
+from amlpromote.core.artifacts import ArtifactSink, ArtifactSource
 from amlpromote.core.errors import AmlPromoteError, BadInput, NotFound, OperationFailed
 from amlpromote.core.lineage import AZURE_ML_TAG_LIMITS, NO_LIMITS, TagLimits
 from amlpromote.core.registry import EXPERIMENT_NAME, MlflowRegistry, VersionInfo
@@ -49,8 +49,63 @@ def sqlite_artifact_root(uri: RegistryUri) -> Path:
     return db.parent / f"{db.stem}-artifacts"
 
 
+class PromotionTarget(Protocol):
+    """What promote.py needs of a target: MlflowTarget, or an Azure ML registry
+    (core/azure_registry.py), which has no MLflow registry to write through."""
+
+    supports_aliases: bool
+
+    @property
+    def display(self) -> str: ...
+
+    @property
+    def tag_limits(self) -> TagLimits: ...
+
+    def check_files(self, count: int) -> None: ...
+
+    def prepare(self) -> None: ...
+
+    def find_promoted(self, name: str, tags: dict[str, str]) -> list[VersionInfo]: ...
+
+    def begin(self, label: str, tags: dict[str, str], name: str | None = None) \
+        -> StagedUpload: ...
+
+    def staged_source(self, staged: StagedUpload) -> ArtifactSource: ...
+
+    def version_source(self, version: VersionInfo) -> ArtifactSource: ...
+
+    def abort(self, staged: StagedUpload) -> None: ...
+
+    def ensure_model(self, name: str, description: str | None, tags: dict[str, str]) -> None: ...
+
+    def register(self, staged: StagedUpload, name: str, description: str,
+                 tags: dict[str, str], force: bool = False) -> VersionInfo: ...
+
+    def registered_from(self, staged: StagedUpload, name: str) -> VersionInfo | None: ...
+
+    def delete_version(self, name: str, version: str) -> None: ...
+
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+
+    def version_aliases(self, name: str, version: str) -> list[str]: ...
+
+
+def make_target(uri: RegistryUri) -> PromotionTarget:
+    """The target for a registry URI: an Azure ML registry gets its own (no MLflow writes)."""
+    if uri.scheme == "azureml":
+        from amlpromote.core.azure import AzureMlScope
+
+        if AzureMlScope.parse(uri.uri).is_registry:
+            from amlpromote.core.azure_registry import AzureMlRegistryTarget
+
+            return AzureMlRegistryTarget(uri)
+    return MlflowTarget(MlflowRegistry(uri))
+
+
 class MlflowTarget:
     """A registry that receives promoted versions through MLflow's client."""
+
+    supports_aliases = True
 
     def __init__(self, registry: MlflowRegistry) -> None:
         self.registry = registry
@@ -79,13 +134,6 @@ class MlflowTarget:
     def prepare(self) -> None:
         """Check early that the target can be written (folders exist and are writable)."""
         uri = self.registry.uri
-        if uri.scheme == "azureml":
-            from amlpromote.core.azure import AzureMlScope
-
-            if AzureMlScope.parse(uri.uri).is_registry:
-                raise BadInput("copy-model into an Azure ML registry is not supported yet",
-                               hint="promote into an Azure ML workspace (--workspace, "
-                                    "--resource-group, --subscription); share it from there")
         if uri.scheme == "sqlite":
             db = local_path(uri)
             try:
@@ -154,7 +202,7 @@ class MlflowTarget:
                 raise
             return str(experiment.experiment_id)
 
-    def begin(self, label: str, tags: dict[str, str]) -> StagedUpload:
+    def begin(self, label: str, tags: dict[str, str], name: str | None = None) -> StagedUpload:
         """Create the container the files go into (a LoggedModel, else a run)."""
         client = self.registry.client
         experiment_id = self._experiment_id()
@@ -184,6 +232,10 @@ class MlflowTarget:
     def staged_source(self, staged: StagedUpload) -> Any:
         return self.registry.artifact_source(staged.artifact_uri)
 
+    def version_source(self, version: VersionInfo) -> ArtifactSource:
+        """The stored files of a registered version (for --verify)."""
+        return self.registry.artifact_source(self.registry.artifact_uri(version))
+
     def abort(self, staged: StagedUpload) -> None:
         """Mark the staged container failed; best effort, the original error matters more."""
         client = self.registry.client
@@ -209,7 +261,7 @@ class MlflowTarget:
                 raise
 
     def register(self, staged: StagedUpload, name: str, description: str,
-                 tags: dict[str, str]) -> VersionInfo:
+                 tags: dict[str, str], force: bool = False) -> VersionInfo:
         client = self.registry.client
         if staged.model_id:
             self.registry.call("finalizing the logged model", client.finalize_logged_model,

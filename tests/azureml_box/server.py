@@ -36,6 +36,16 @@ What real clients send here (measured by logging every request; mlflow 3.15, azu
   answered from the backend's model version: `modelType` is `mlflow_model` (with the flavors of
   its MLmodel) when the version's files hold an MLmodel at their root, as Azure ML records a
   version registered through MLflow, `custom_model` otherwise.
+- Azure ML registry model versions, through ARM (azure-rest-api-specs machinelearningservices
+  RegistryModelVersions / RegistryDataReferences; also under azure-ai-ml's registry "management
+  front end" prefix `/mferp/managementfrontend`, which `MLClient(registry_name=...).models.get`
+  calls): `POST .../registries/R/models/N/versions/V/startPendingUpload` hands out a SAS of a
+  fresh temporary container in Azurite; `PUT .../versions/V` creates the version as a
+  long-running operation (201 + `Azure-AsyncOperation`, InProgress for REGISTRY_LRO_SECONDS), 400
+  when `modelUri` holds no files (or an `mlflow_model` no MLmodel), 409 when an existing
+  version's asset path would change; `GET .../versions` lists (404 for a model without
+  versions); `POST .../registries/R/datareferences/N/versions/V` gives a read SAS of a version's
+  files. A registry's versions live in the box, not in its MLflow backend.
 - Tokens carry the identity's tenant; a token of another tenant gets 401
   InvalidAuthenticationTokenTenant everywhere (`add_identity(name, tenant_id=...)`).
 
@@ -112,6 +122,28 @@ _ARM_RESOURCE = re.compile(rf"^{_SCOPE}/?$", re.IGNORECASE)
 _ARM_MODEL_VERSION = re.compile(
     rf"^{_SCOPE}/models/(?P<model>[^/]+)/versions/(?P<version>[^/]+)/?$", re.IGNORECASE
 )
+# Registry model versions through Azure Resource Manager (azure-rest-api-specs
+# machinelearningservices, RegistryModelVersions / RegistryDataReferences): list, start a pending
+# upload (a SAS of a temporary blob container), and a SAS to read a version's files.
+_ARM_MODEL_VERSIONS = re.compile(rf"^{_SCOPE}/models/(?P<model>[^/]+)/versions/?$", re.IGNORECASE)
+_ARM_PENDING_UPLOAD = re.compile(
+    rf"^{_SCOPE}/models/(?P<model>[^/]+)/versions/(?P<version>[^/]+)/startPendingUpload/?$",
+    re.IGNORECASE,
+)
+_ARM_DATA_REFERENCE = re.compile(
+    rf"^{_SCOPE}/datareferences/(?P<model>[^/]+)/versions/(?P<version>[^/]+)/?$", re.IGNORECASE
+)
+# Where an asynchronous ARM operation (a registry version being created) reports its status.
+_ARM_OPERATION = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.MachineLearningServices/locations/"
+    r"(?P<location>[^/]+)/mfeOperationsStatus/(?P<op>[^/]+)/?$",
+    re.IGNORECASE,
+)
+# azure-ai-ml reaches registry assets through the registry's "management front end": the
+# discovery answer's primaryRegionResourceProviderUri + this prefix + the ARM path.
+_MFE_PREFIX = "/mferp/managementfrontend"
+# How long creating a registry model version stays "InProgress" (a long-running operation).
+REGISTRY_LRO_SECONDS = 0.3
 # Where a registered version's files are, from its MLflow `source`.
 _SOURCE_RUN_ARTIFACTS = re.compile(
     r"/experiments/(?P<exp>[^/]+)/runs/(?P<run>[^/]+)/artifacts(?P<rest>/.*)?$"
@@ -239,6 +271,20 @@ class _Artifact:
 
 
 @dataclass
+class _RegistryVersion:
+    name: str
+    version: str
+    properties: dict[str, Any]
+    created: datetime
+    ready_at: float  # monotonic time at which its creation (a long-running operation) ends
+    operation: str
+
+    @property
+    def state(self) -> str:
+        return "Succeeded" if time.monotonic() >= self.ready_at else "Creating"
+
+
+@dataclass
 class AzureMLResource:
     """A workspace or a registry: its ARM identity, who may use it, and its MLflow backend."""
 
@@ -256,6 +302,10 @@ class AzureMLResource:
     created: datetime = field(default_factory=_now)
     artifacts: dict[tuple[str, str], dict[str, _Artifact]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # A registry's model versions (ARM assets; not the MLflow backend's), by (name, version).
+    model_versions: dict[tuple[str, str], _RegistryVersion] = field(default_factory=dict)
+    # Blob containers handed out by startPendingUpload, by pending upload id.
+    pending_uploads: dict[str, str] = field(default_factory=dict)
 
     @property
     def arm_id(self) -> str:
@@ -892,6 +942,16 @@ class AzureMLBox:
             return "artifact", self._handle_artifact, m
         if m := _HISTORY.match(path):
             return "artifact", self._handle_run_artifact, m
+        if path.lower().startswith(_MFE_PREFIX):
+            path = path[len(_MFE_PREFIX):]
+        if m := _ARM_PENDING_UPLOAD.match(path):
+            return "arm", self._handle_registry_pending_upload, m
+        if m := _ARM_DATA_REFERENCE.match(path):
+            return "arm", self._handle_registry_data_reference, m
+        if m := _ARM_OPERATION.match(path):
+            return "arm", self._handle_arm_operation, m
+        if m := _ARM_MODEL_VERSIONS.match(path):
+            return "arm", self._handle_registry_model_versions, m
         if m := _ARM_MODEL_VERSION.match(path):
             return "arm", self._handle_arm_model_version, m
         if m := _ARM_RESOURCE.match(path):
@@ -1422,7 +1482,9 @@ class AzureMLBox:
         if (bad := self._require_api_version(req)) is not None:
             return bad
         kind = m["kind"].lower()
-        if req.method != "GET" or kind != "workspaces":
+        if kind == "registries":
+            return self._registry_model_version(req, m)
+        if req.method != "GET":
             return self._arm_error(405, "MethodNotAllowed",
                                    f"{req.method} on {kind} models is not emulated by the box.")
         found = self._authorize(req, "arm", kind, m["sub"], m["rg"], m["name"], "models/read")
@@ -1596,6 +1658,273 @@ class AzureMLBox:
         if content:
             return _Response.json(200, self._content_json(ws, art, write=False))
         return _Response.json(200, self._artifact_json(art))
+
+    # -- handlers: registry model versions (ARM) ------------------------------------------------
+
+    def _registry_scope(self, req: _Request, m: re.Match[str], action: str) \
+            -> AzureMLResource | _Response:
+        if (bad := self._require_api_version(req)) is not None:
+            return bad
+        if m["kind"].lower() != "registries":
+            return self._arm_error(405, "MethodNotAllowed",
+                                   f"{req.method} {req.path} is emulated for registries only.")
+        return self._authorize(req, "arm", "registries", m["sub"], m["rg"], m["name"], action)
+
+    def _registry_model_version(self, req: _Request, m: re.Match[str]) -> _Response:
+        """GET, PUT (a long-running create: 201 + Azure-AsyncOperation) and DELETE of one
+        registry model version. Like Azure ML: a version's files must be in place when it is
+        created (an `mlflow_model` needs MLmodel at the root of `modelUri`), and an existing
+        version's asset path cannot change (409)."""
+        action = {"GET": "read", "PUT": "write", "DELETE": "delete"}.get(req.method)
+        if action is None:
+            return self._arm_error(405, "MethodNotAllowed", f"{req.method} is not allowed.")
+        found = self._registry_scope(req, m, f"models/versions/{action}")
+        if isinstance(found, _Response):
+            return found
+        key = (unquote(m["model"]), unquote(m["version"]))
+        if req.method == "GET":
+            with found.lock:
+                record = found.model_versions.get(key)
+            if record is None:
+                return self._arm_error(404, "ResourceNotFound",
+                                       f"Model {key[0]} version {key[1]} not found in registry "
+                                       f"{found.name}.")
+            return _Response.json(200, self._registry_version_json(found, record))
+        if req.method == "DELETE":
+            with found.lock:
+                found.model_versions.pop(key, None)
+            return _Response(204)
+        try:
+            body = json.loads(req.body or b"{}")
+            properties = dict(body["properties"])
+        except (ValueError, TypeError, KeyError):
+            return self._arm_error(400, "UserError", "Body must be {\"properties\": {...}}.")
+        problem = self._check_model_uri(found, properties)
+        if problem is not None:
+            return self._arm_error(400, "UserError", problem)
+        with found.lock:
+            existing = found.model_versions.get(key)
+            if existing is not None:
+                if existing.properties.get("modelUri") != properties.get("modelUri"):
+                    return self._arm_error(409, "UserError", "Asset paths cannot be updated.")
+                for field_name in ("description", "tags", "properties", "stage", "isArchived"):
+                    if field_name in properties:
+                        existing.properties[field_name] = properties[field_name]
+                return _Response.json(200, self._registry_version_json(found, existing))
+            record = _RegistryVersion(key[0], key[1], properties, _now(),
+                                      time.monotonic() + REGISTRY_LRO_SECONDS, uuid.uuid4().hex)
+            found.model_versions[key] = record
+        base = f"https://{req.host}" if req.host.endswith(AML_HOST_SUFFIX) else self.url
+        status_url = base + (
+            f"/subscriptions/{found.subscription_id}/providers/{PROVIDER}/locations/"
+            f"{found.location}/mfeOperationsStatus/{record.operation}?api-version="
+            f"{req.query['api-version']}")
+        return _Response.json(201, self._registry_version_json(found, record),
+                              {"Azure-AsyncOperation": status_url,
+                               "x-ms-async-operation-timeout": "PT1H"})
+
+    def _check_model_uri(self, reg: AzureMLResource, properties: dict[str, Any]) -> str | None:
+        """Why a new version's `modelUri` is not acceptable, if it is not."""
+        uri = str(properties.get("modelUri") or "")
+        parts = urlsplit(uri)
+        segments = [unquote(p) for p in parts.path.split("/") if p]
+        with reg.lock:
+            containers = set(reg.pending_uploads.values())
+        if not parts.netloc.endswith(BLOB_HOST_SUFFIX) or not segments \
+                or segments[0] not in containers:
+            return (f"modelUri {uri!r} is not a location this registry handed out "
+                    "(startPendingUpload).")
+        folder = "/".join(segments[1:])
+        names = self.container_blob_names(segments[0], f"{folder}/" if folder else None)
+        if not names:
+            return f"No files found at modelUri {uri!r}."
+        model_type = properties.get("modelType") or "custom_model"
+        if model_type == "mlflow_model" and f"{folder}/MLmodel".lstrip("/") not in names:
+            return "An mlflow_model needs an MLmodel file at the root of its modelUri."
+        return None
+
+    def _registry_version_json(self, reg: AzureMLResource, record: _RegistryVersion) \
+            -> dict[str, Any]:
+        created = _iso(record.created)
+        properties = {
+            "description": None, "tags": {}, "properties": {}, "isArchived": False,
+            "isAnonymous": False, "flavors": None, "modelType": "custom_model",
+            "modelUri": None, "jobName": None, "stage": None,
+            **record.properties,
+            "provisioningState": record.state,
+        }
+        return {
+            # Registry assets are identified by their asset id, not an ARM path (azure-ai-ml's
+            # AMLVersionedArmId accepts nothing else for a registry version).
+            "id": f"azureml://registries/{reg.name}/models/{record.name}/versions/"
+                  f"{record.version}",
+            "name": record.version,
+            "type": f"{PROVIDER}/registries/models/versions",
+            "systemData": {"createdAt": created, "createdBy": "amlpromote-tests",
+                           "createdByType": "Application", "lastModifiedAt": created},
+            "properties": properties,
+        }
+
+    def _handle_registry_model_versions(self, req: _Request, m: re.Match[str] | None) \
+            -> _Response:
+        """List one model's versions, paged (`$skip` in `nextLink`); 404 for a model that has
+        no version."""
+        assert m is not None
+        if req.method != "GET":
+            return self._arm_error(405, "MethodNotAllowed", f"{req.method} is not allowed.")
+        found = self._registry_scope(req, m, "models/versions/read")
+        if isinstance(found, _Response):
+            return found
+        name = unquote(m["model"])
+        with found.lock:
+            records = [r for (n, _), r in found.model_versions.items() if n == name]
+        if not records:
+            return self._arm_error(404, "ResourceNotFound",
+                                   f"Model container {name} not found in registry {found.name}.")
+        records.sort(key=lambda r: (0, int(r.version)) if r.version.isdigit() else (1, 0))
+        start = int(req.query.get("$skip") or 0)
+        size = int(req.query.get("$top") or _LIST_PAGE_SIZE)
+        page = records[start:start + size]
+        next_link = None
+        if start + size < len(records):
+            query = {k: v for k, v in req.query.items() if k != "$skip"}
+            query["$skip"] = str(start + size)
+            next_link = f"{self.url}{req.raw_path}?{urlencode(query)}"
+        return _Response.json(200, {"value": [self._registry_version_json(found, r)
+                                              for r in page], "nextLink": next_link})
+
+    def _handle_arm_operation(self, req: _Request, m: re.Match[str] | None) -> _Response:
+        assert m is not None
+        try:
+            identity = self._verify_token(req.headers.get("Authorization"))
+        except _Unauthenticated as exc:
+            return self._unauthenticated("arm", exc)
+        self._current_identity.name = identity.name
+        for reg in self.resources():
+            with reg.lock:
+                record = next((r for r in reg.model_versions.values()
+                               if r.operation == m["op"]), None)
+            if record is not None and reg.subscription_id.lower() == m["sub"].lower():
+                done = record.state == "Succeeded"
+                return _Response.json(200, {
+                    "id": req.path, "name": m["op"],
+                    "status": "Succeeded" if done else "InProgress",
+                    "startTime": _iso(record.created),
+                    **({"endTime": _iso(_now())} if done else {}),
+                })
+        return self._arm_error(404, "ResourceNotFound", f"Operation {m['op']} not found.")
+
+    def _handle_registry_pending_upload(self, req: _Request, m: re.Match[str] | None) \
+            -> _Response:
+        """A temporary blob container and a SAS to write it (createOrGet: the same
+        `pendingUploadId` gets the same container again)."""
+        assert m is not None
+        if req.method != "POST":
+            return self._arm_error(405, "MethodNotAllowed", f"{req.method} is not allowed.")
+        found = self._registry_scope(req, m, "models/versions/write")
+        if isinstance(found, _Response):
+            return found
+        if self.azurite is None:
+            return self._arm_error(503, "ServiceUnavailable", "No blob storage in this box.")
+        try:
+            body = json.loads(req.body or b"{}")
+        except ValueError:
+            return self._arm_error(400, "UserError", "Body must be JSON.")
+        kind = body.get("pendingUploadType") or "TemporaryBlobReference"
+        if kind != "TemporaryBlobReference":
+            return self._arm_error(400, "UserError", f"pendingUploadType {kind!r} is not "
+                                                     "supported.")
+        upload_id = str(body.get("pendingUploadId") or uuid.uuid4())
+        with found.lock:
+            container = found.pending_uploads.get(upload_id)
+            if container is None:
+                container = f"pending-{uuid.uuid4().hex}"
+                found.pending_uploads[upload_id] = container
+                self._blob_service_client().create_container(container)
+        blob_uri = f"https://{ACCOUNT_NAME}{BLOB_HOST_SUFFIX}/{container}"
+        return _Response.json(200, {
+            "blobReferenceForConsumption": {
+                "blobUri": blob_uri,
+                "storageAccountArmId": self._storage_arm_id(found),
+                "credential": {"credentialType": "SAS",
+                               "sasUri": f"{blob_uri}?{self._container_sas(container, True)}"},
+            },
+            "pendingUploadId": upload_id,
+            "pendingUploadType": "TemporaryBlobReference",
+        })
+
+    def _handle_registry_data_reference(self, req: _Request, m: re.Match[str] | None) \
+            -> _Response:
+        """A read SAS for the files of a registered version (`blobUri` = its modelUri)."""
+        assert m is not None
+        if req.method != "POST":
+            return self._arm_error(405, "MethodNotAllowed", f"{req.method} is not allowed.")
+        found = self._registry_scope(req, m, "models/versions/read")
+        if isinstance(found, _Response):
+            return found
+        try:
+            blob_uri = str(json.loads(req.body or b"{}").get("blobUri") or "")
+        except (ValueError, AttributeError):
+            return self._arm_error(400, "UserError", "Body must be JSON.")
+        key = (unquote(m["model"]), unquote(m["version"]))
+        with found.lock:
+            record = found.model_versions.get(key)
+        if record is None:
+            return self._arm_error(404, "ResourceNotFound",
+                                   f"Model {key[0]} version {key[1]} not found.")
+        model_uri = str(record.properties.get("modelUri") or "")
+        if blob_uri.rstrip("/") != model_uri.rstrip("/"):
+            return self._arm_error(400, "UserError", "blobUri is not the asset's location.")
+        container = unquote(urlsplit(model_uri).path.split("/")[1])
+        return _Response.json(200, {
+            "blobReferenceForConsumption": {
+                "blobUri": model_uri,
+                "storageAccountArmId": self._storage_arm_id(found),
+                "credential": {"credentialType": "SAS",
+                               "sasUri": f"{model_uri}?{self._container_sas(container, False)}"},
+            },
+        })
+
+    @staticmethod
+    def _storage_arm_id(reg: AzureMLResource) -> str:
+        return (f"/subscriptions/{reg.subscription_id}/resourceGroups/azureml-rg-{reg.name}"
+                f"/providers/Microsoft.Storage/storageAccounts/{ACCOUNT_NAME}")
+
+    def _container_sas(self, container: str, write: bool) -> str:
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+        now = _now()
+        permission = ContainerSasPermissions(read=True, list=True, write=write, create=write,
+                                             add=write)
+        return str(generate_container_sas(
+            account_name=ACCOUNT_NAME, container_name=container, account_key=ACCOUNT_KEY,
+            permission=permission, start=now - timedelta(minutes=5),
+            expiry=now + timedelta(hours=1), protocol="https"))
+
+    # -- registry state, for assertions ---------------------------------------------------------
+
+    def registry_versions(self, registry: AzureMLResource, name: str) -> list[dict[str, Any]]:
+        """A registry model's versions as GET answers them, by version number."""
+        with registry.lock:
+            records = [r for (n, _), r in registry.model_versions.items() if n == name]
+        records.sort(key=lambda r: int(r.version) if r.version.isdigit() else 0)
+        return [self._registry_version_json(registry, r) for r in records]
+
+    def container_blob_names(self, container: str, prefix: str | None = None) -> list[str]:
+        client = self._blob_service_client().get_container_client(container)
+        try:
+            return [b.name for b in client.list_blobs(name_starts_with=prefix)]
+        except Exception:  # a container that does not exist holds nothing
+            return []
+
+    def model_uri_files(self, model_uri: str) -> dict[str, bytes]:
+        """Every file under a registry version's `modelUri` (relative path -> bytes)."""
+        segments = [unquote(p) for p in urlsplit(model_uri).path.split("/") if p]
+        container, folder = segments[0], "/".join(segments[1:])
+        prefix = f"{folder}/" if folder else ""
+        client = self._blob_service_client().get_container_client(container)
+        return {name[len(prefix):]: client.download_blob(name).readall()
+                for name in self.container_blob_names(container, prefix or None)}
 
     def _handle_unknown(self, req: _Request, _: re.Match[str] | None) -> _Response:
         return self._aml_error(404, "NotFound", f"No route for {req.method} {req.path}.")

@@ -1,0 +1,319 @@
+"""copy-model into an Azure ML *registry* (Azure ML in a box), through the CLI.
+
+The product reaches the registry the way a user does (`--registry NAME --credential
+managed-identity`, discovery, Azure Resource Manager, blob storage through the proxy).
+Expectations are read independently: blobs straight from Azurite, versions from the box's own
+records, and the model asset through azure-ai-ml's `MLClient(registry_name=...)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azureml_box import AzureMLResource
+from azureml_box.testing import REGISTRY, RESOURCE_GROUP, SUBSCRIPTION, BoxWorkspaces, EgressGuard
+from support.models import register_heart_model, register_raw_model
+from typer.testing import CliRunner
+
+from amlpromote.cli.app import app
+from amlpromote.core import lineage
+
+pytest_plugins = ["azureml_box.fixtures"]
+pytestmark = pytest.mark.timeout(300)
+
+HEART = "heart"
+BIG = "big-model"
+BIG_SIZE = 8 * 1024 * 1024 + 12_345  # two 8 MiB blocks, the last one partial
+FORBIDDEN_REGISTRY = "reg-box-forbidden"
+
+
+@dataclass(frozen=True)
+class Source:
+    uri: str
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
+    """A sqlite registry with the heart classifier and a model with one 8 MiB+ file."""
+    root = tmp_path_factory.mktemp("registry-source")
+    uri = "sqlite:///" + str(root / "mlflow.db")
+    big = root / "big.bin"
+    big.write_bytes(os.urandom(BIG_SIZE))
+    with contextlib.chdir(root):
+        register_heart_model(uri, name=HEART, alias="champion")
+        register_raw_model(uri, BIG, {"MLmodel": b"flavors: {}\n", "data/big.bin": big})
+    return Source(uri, root)
+
+
+@pytest.fixture(scope="module")
+def forbidden_registry(azureml_box: BoxWorkspaces) -> AzureMLResource:
+    """A registry the box identity may not use (ARM answers 403, discovery too)."""
+    return azureml_box.box.registry(SUBSCRIPTION, RESOURCE_GROUP, FORBIDDEN_REGISTRY,
+                                    allowed=False, start_backend=False)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMLPROMOTE_RETRIES", "1")
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return json.loads(self.stdout)
+
+    @property
+    def text(self) -> str:
+        return self.stdout + self.stderr
+
+
+def cli(*args: str) -> Run:
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"the CLI raised {result.exception!r}") from result.exception
+    return Run(result.exit_code, result.stdout, result.stderr)
+
+
+def copy(source: Source, ref: str, name: str, *extra: str, registry: str = REGISTRY) -> Run:
+    return cli("copy-model", ref, "--source", source.uri, "--registry", registry,
+               "--credential", "managed-identity", "--target-name", name, "-o", "json", *extra)
+
+
+def versions(box: BoxWorkspaces, name: str) -> list[dict[str, Any]]:
+    return box.box.registry_versions(box.registry, name)
+
+
+def sha256_files(files: dict[str, bytes]) -> dict[str, str]:
+    return {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
+
+
+def source_files(source: Source, name: str) -> dict[str, str]:
+    """sha256 by relative path of the source version's stored files."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=source.uri, registry_uri=source.uri)
+    location = client.get_model_version_download_uri(name, "1")
+    if location.startswith("models:/m-"):
+        location = client.get_logged_model(location.removeprefix("models:/")).artifact_location
+    folder = Path(location.removeprefix("file://"))
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_no_secrets(text: str, env: dict[str, str]) -> None:
+    leak = re.search(r"sig=(?!REDACTED)[^&\s\"']+", text)
+    assert not leak, f"a SAS signature leaked: {text[max(0, leak.start() - 300):leak.end()]}"
+    assert env["IDENTITY_HEADER"] not in text
+    assert not re.search(r"\beyJ[A-Za-z0-9_-]{5,}\.", text), "a token leaked"
+
+
+def arm_calls(box: BoxWorkspaces, pattern: str, method: str | None = None) -> list[Any]:
+    return [r for r in box.box.requests_for("arm") if re.search(pattern, r.path)
+            and (method is None or r.method == method)]
+
+
+# -- the main path ----------------------------------------------------------------------------
+
+
+def test_heart_model_lands_byte_exact_as_an_mlflow_model_and_reruns_unchanged(
+    azureml_box: BoxWorkspaces, box_env: dict[str, str], source: Source,
+    unique_model_name: str, no_egress: EgressGuard,
+) -> None:
+    from azure.ai.ml import MLClient
+    from azure.identity import ManagedIdentityCredential
+
+    run = copy(source, f"{HEART}/1", unique_model_name, "-v")
+
+    assert run.code == 0, run.text
+    document = run.document
+    assert document["status"] == "copied"
+    assert document["target"]["version"] == "1"
+    assert document["target"]["aliases"] == []
+    assert_no_secrets(run.text, box_env)
+    (version,) = versions(azureml_box, unique_model_name)
+    model_uri = version["properties"]["modelUri"]
+    assert version["properties"]["provisioningState"] == "Succeeded"
+    expected = source_files(source, HEART)
+    assert sha256_files(azureml_box.box.model_uri_files(model_uri)) == expected
+    assert document["files"] == len(expected)
+    # Created as a long-running operation, which the product followed to its end.
+    assert arm_calls(azureml_box, r"/mfeOperationsStatus/", "GET")
+    assert azureml_box.box.blocked_egress == [] and no_egress.attempts == []
+
+    # Azure ML's view through azure-ai-ml: an MLflow model asset with its flavors and tags.
+    asset = MLClient(ManagedIdentityCredential(), registry_name=REGISTRY) \
+        .models.get(unique_model_name, "1")
+    assert asset.type == "mlflow_model"
+    assert {"python_function", "sklearn"} <= set(asset.flavors or {})
+    tags = dict(asset.tags or {})
+    assert tags[lineage.DIGEST] == document["source"]["digest"]
+    assert tags[lineage.SOURCE_URI] == source.uri
+    assert {lineage.KEY, lineage.SOURCE_NAME, lineage.SOURCE_VERSION, lineage.FILES,
+            lineage.BYTES, lineage.PROMOTED_AT, lineage.TOOL_VERSION} <= set(tags)
+
+    # A re-run finds it (same source, same digest), reads its files back and verifies them.
+    azureml_box.box.clear_requests()
+    again = copy(source, f"{HEART}/1", unique_model_name, "--verify")
+    assert again.code == 0, again.text
+    assert again.document["status"] == "unchanged"
+    assert again.document["target"]["version"] == "1"
+    assert again.document["verified"] is True
+    assert len(versions(azureml_box, unique_model_name)) == 1
+    assert arm_calls(azureml_box, r"/datareferences/", "POST")
+    assert not arm_calls(azureml_box, r"/startPendingUpload$")
+    assert_no_secrets(again.text, box_env)
+
+
+def test_throttling_is_retried_after_retry_after_and_verify_reads_the_staged_files(
+    azureml_box: BoxWorkspaces, box_env: dict[str, str], source: Source,
+    unique_model_name: str,
+) -> None:
+    box = azureml_box.box
+    box.inject_fault(route="arm", method="POST", path=r"/startPendingUpload$", status=429,
+                     retry_after=1, times=1)
+    box.inject_fault(route="arm", method="PUT", path=r"/models/.+/versions/1$", status=503,
+                     retry_after=1, times=1)
+
+    run = copy(source, f"{HEART}/1", unique_model_name, "--verify")
+
+    assert run.code == 0, run.text
+    assert run.document["status"] == "copied" and run.document["verified"] is True
+    for pattern, method in ((r"/startPendingUpload$", "POST"), (r"/versions/1$", "PUT")):
+        first, second = arm_calls(azureml_box, pattern, method)[:2]
+        assert first.status in (429, 503) and second.status in (200, 201)
+        assert second.started - first.started >= 0.9
+    assert len(versions(azureml_box, unique_model_name)) == 1
+
+
+# -- aliases, authorization, missing registries -----------------------------------------------
+
+
+def test_aliases_are_refused_up_front(
+    azureml_box: BoxWorkspaces, box_env: dict[str, str], source: Source,
+    unique_model_name: str,
+) -> None:
+    for flags in (("--alias", "staging"), ("--copy-aliases",)):
+        run = copy(source, f"{HEART}@champion", unique_model_name, *flags)
+        assert run.code == 2, run.text
+        assert "aliases" in run.stderr and "--alias" in run.stderr
+        assert "Traceback" not in run.text
+    assert not arm_calls(azureml_box, r"/startPendingUpload$")
+    assert not azureml_box.box.requests_for("blob")
+    assert versions(azureml_box, unique_model_name) == []
+
+
+def test_a_forbidden_registry_is_exit_4_and_an_unknown_one_exit_3(
+    azureml_box: BoxWorkspaces, box_env: dict[str, str], source: Source,
+    forbidden_registry: AzureMLResource, unique_model_name: str,
+) -> None:
+    # By name (discovery refuses), and by its URI (Azure Resource Manager refuses).
+    by_name = copy(source, f"{HEART}/1", unique_model_name, registry=FORBIDDEN_REGISTRY)
+    assert by_name.code == 4, by_name.text
+    by_uri = cli("copy-model", f"{HEART}/1", "--source", source.uri, "--target",
+                 forbidden_registry.mlflow_uri, "--credential", "managed-identity",
+                 "--target-name", unique_model_name, "-o", "json")
+    assert by_uri.code == 4, by_uri.text
+    assert FORBIDDEN_REGISTRY in by_uri.stderr and "managed identity" in by_uri.stderr
+    assert "AuthorizationFailed" in by_uri.stderr
+    assert not arm_calls(azureml_box, r"/startPendingUpload$")
+
+    missing = copy(source, f"{HEART}/1", unique_model_name, registry="no-such-registry")
+    assert missing.code == 3, missing.text
+    assert "no-such-registry" in missing.stderr
+    missing_uri = azureml_box.registry.mlflow_uri.replace(f"/registries/{REGISTRY}",
+                                                          "/registries/no-such-registry")
+    by_uri = cli("copy-model", f"{HEART}/1", "--source", source.uri, "--target", missing_uri,
+                 "--credential", "managed-identity", "--target-name", unique_model_name,
+                 "-o", "json")
+    assert by_uri.code == 3, by_uri.text
+    assert "no-such-registry" in by_uri.stderr and "not found" in by_uri.stderr
+    assert "Traceback" not in by_uri.text
+    assert azureml_box.box.blocked_egress == []
+
+
+# -- faults and concurrency -------------------------------------------------------------------
+
+
+def test_a_dropped_upload_registers_nothing_and_a_rerun_makes_one_version(
+    azureml_box: BoxWorkspaces, box_env: dict[str, str], source: Source,
+    unique_model_name: str, fast_retries: None,
+) -> None:
+    box = azureml_box.box
+    # The first block of big.bin arrives; every later request for it is cut off midway.
+    box.inject_fault(route="blob", method="PUT", path=r"/big\.bin$", after=1, drop=True,
+                     times=None)
+
+    failed = copy(source, f"{BIG}/1", unique_model_name, "-v")
+
+    assert failed.code == 1, failed.text
+    assert "big.bin" in failed.stderr
+    assert_no_secrets(failed.text, box_env)
+    assert [r for r in box.requests_for("blob") if r.fault == "drop"]
+    assert versions(azureml_box, unique_model_name) == []
+    assert not arm_calls(azureml_box, r"/versions/\d+$", "PUT")
+
+    box.clear_faults()
+    again = copy(source, f"{BIG}/1", unique_model_name)
+    assert again.code == 0, again.text
+    assert again.document["status"] == "copied"
+    (version,) = versions(azureml_box, unique_model_name)
+    assert version["name"] == "1"
+    files = box.model_uri_files(version["properties"]["modelUri"])
+    assert sha256_files(files) == source_files(source, BIG)
+
+
+def test_concurrent_promotions_end_with_one_version(
+    azureml_box: BoxWorkspaces, box_env: dict[str, str], source: Source,
+    unique_model_name: str,
+) -> None:
+    from amlpromote.core.promote import PromoteRequest, promote_version
+    from amlpromote.core.refs import parse_model_ref
+    from amlpromote.core.uris import parse_registry_uri
+
+    # A slow registration, so that both runs reach it before either version exists: one of
+    # them then loses the number to the other (409) and takes the winner's version.
+    azureml_box.box.inject_fault(route="arm", method="PUT", path=r"/versions/\d+$", delay=1.5,
+                                 times=2)
+    target = replace(parse_registry_uri(azureml_box.registry.mlflow_uri),
+                     credential="managed-identity")
+    request = PromoteRequest(parse_model_ref(f"{HEART}/1"), parse_registry_uri(source.uri),
+                             target, target_name=unique_model_name)
+    outcomes: list[Any] = []
+    start = threading.Barrier(2)
+
+    def promote() -> None:
+        try:
+            start.wait()
+            outcomes.append(promote_version(request))
+        except Exception as exc:  # recorded, asserted below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=promote) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+
+    assert all(not isinstance(o, Exception) for o in outcomes), outcomes
+    (version,) = versions(azureml_box, unique_model_name)
+    assert {o.target["version"] for o in outcomes} == {version["name"]}
+    assert sorted(o.status for o in outcomes) == ["copied", "unchanged"]
+    puts = arm_calls(azureml_box, r"/versions/\d+$", "PUT")
+    assert sorted(r.status for r in puts) == [201, 409]
+    assert {r.path.rsplit("/", 1)[1] for r in puts} == {"1"}
+    assert not arm_calls(azureml_box, r"/versions/\d+$", "DELETE")
