@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from azureml_box.testing import (
     FORBIDDEN_WORKSPACE,
+    REGISTRY,
     RESOURCE_GROUP,
     SUBSCRIPTION,
     WORKSPACE,
@@ -106,3 +107,15 @@ def test_a_credential_that_gets_no_token_names_itself(
     assert "managed" in (str(target["error"]) + str(target["hint"])).lower()
     assert "wrong-header-value-123456" not in text
     assert "Traceback" not in text
+
+
+def test_check_discovers_an_azure_ml_registry(
+    config_file: Path, azureml_box: BoxWorkspaces, box_env: dict[str, str]
+) -> None:
+    _, document, text = check("--registry", REGISTRY, "--credential", "managed-identity")
+    target = target_of(document)
+    assert target["status"] == "ok", text
+    assert f"registries/{REGISTRY}" in str(target["note"])
+    _, document, text = check("--registry", "no-such-registry")
+    target = target_of(document)
+    assert target["status"] == "failed" and target["exit_code"] == 3, text
