@@ -364,6 +364,27 @@ def test_one_workspace_is_one_source_whatever_the_profile_is_called(
     assert tags["amlpromote.source.uri"] == profile_source
 
 
+def test_an_unreachable_workspace_fails_fast_with_exit_1(
+    isolated_environment: Path, target: str
+) -> None:
+    """A host nobody listens on: one clear line in seconds, not minutes of SDK retries."""
+    import socket
+
+    with socket.socket() as probe:  # a loopback port that is free, so nothing answers on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = isolated_environment / ".databrickscfg"
+    config.write_text(f"[dead]\nhost = https://127.0.0.1:{port}\ntoken = not-a-real-token\n")
+    started = time.monotonic()
+    run = cli("copy-model", "m/1", "--source", "databricks://dead", "--target", target)
+    assert run.code == 1, run.both
+    assert time.monotonic() - started < 30
+    assert "cannot reach Databricks workspace https://127.0.0.1" in run.stderr
+    assert "profile dead" in run.stderr
+    assert "not-a-real-token" not in run.both
+    assert versions_of(target, "m") == []
+
+
 def test_latest_and_stage_references_resolve(
     clean_box: DatabricksBox, heart: Heart, target: str, profile_source: str
 ) -> None:

@@ -50,6 +50,7 @@ from amlpromote.core.errors import (
     BadInput,
     NotFound,
     OperationFailed,
+    Unreachable,
 )
 from amlpromote.core.refs import ModelRef
 from amlpromote.core.retry import (
@@ -65,6 +66,8 @@ SCHEMES = ("databricks", "databricks-uc")
 RETRY_TIMEOUT_ENV = "MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT"
 # Long enough to ride out a burst of throttling, short enough for a CI step to fail promptly.
 DEFAULT_RETRY_TIMEOUT_SECONDS = 60
+# How long the reachability probe may take before a workspace counts as unreachable.
+PROBE_TIMEOUT_SECONDS = 10.0
 CONFIG_FILE_ENV = "DATABRICKS_CONFIG_FILE"
 # Endpoints of the workspace registry that `models:/` downloads use (mlflow marks both paths
 # @developer_stable in databricks_models_artifact_repo.py).
@@ -352,8 +355,38 @@ class DatabricksRegistry:
 
         self.require_configured()
         configure_databricks_environment()
+        self.require_reachable()
         return DatabricksClient(self, MlflowClient(tracking_uri=self.tracking_uri,
                                                    registry_uri=self.registry_uri))
+
+    def require_reachable(self, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+        """Fail fast when the workspace cannot be reached at all.
+
+        databricks-sdk retries a refused or timed-out connection for the whole retry window,
+        and MLflow retries the SDK call again on top, so a wrong host or a down network would
+        hang a CI step for minutes per call. One TCP connect (through the proxy the
+        environment names, if any, which then does the reaching) tells us in seconds.
+        """
+        import socket
+        import urllib.request
+
+        host = self.host()
+        if not host:
+            return  # the SDK resolves it some other way (e.g. a config-file-less auth type)
+        parts = urlsplit(host if "://" in host else "https://" + host)
+        if not parts.hostname:
+            return
+        scheme = parts.scheme or "https"
+        proxy = urllib.request.getproxies().get(scheme)
+        if proxy and not urllib.request.proxy_bypass(parts.hostname):
+            return  # reached through a proxy: the connection attempt is the proxy's to make
+        port = parts.port or (443 if scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        except OSError as exc:
+            raise Unreachable(f"cannot reach {self.describe()}: {exc.strerror or exc}",
+                              hint="check the host in the profile (or DATABRICKS_HOST) and the "
+                                   "network") from None
 
 
 def _display_path(path: Path) -> str:
