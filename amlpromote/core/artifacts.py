@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -363,7 +363,7 @@ def _response_chunks(response: Any, path: str) -> Chunks:
         raise TransientError(f"downloading {path}: connection dropped midway") from exc
 
 
-class _StreamingBody:
+class StreamingBody:
     """A file-like request body of known length that pulls chunks on demand.
 
     requests sends a body with `len` as a Content-Length upload rather than chunked encoding,
@@ -406,7 +406,7 @@ class ProxiedSink:
                                                 headers={"Content-Length": str(length)})
         else:
             response = self.session.request("PUT", url, f"uploading {path}",
-                                            data=_StreamingBody(chunks, size))
+                                            data=StreamingBody(chunks, size))
         response.close()
 
 
@@ -415,11 +415,17 @@ class ProxiedSink:
 
 
 class RepositorySource:
-    """Reads through MLflow's artifact repository; each file lands in a temp folder first."""
+    """Reads through MLflow's artifact repository; each file lands in a temp folder first.
 
-    def __init__(self, uri: str, repo_factory: Callable[[str], Any]) -> None:
+    `calling(what)` wraps each repository call (a registry's error translation and global
+    state containment); by default calls run as they are.
+    """
+
+    def __init__(self, uri: str, repo_factory: Callable[[str], Any],
+                 calling: Callable[[str], AbstractContextManager[Any]] | None = None) -> None:
         self.uri = uri
         self.description = redact_text(uri)
+        self._calling = calling or (lambda what: nullcontext())
         self._repo = repo_factory(uri)
 
     def list_files(self) -> list[ArtifactFile]:
@@ -427,7 +433,9 @@ class RepositorySource:
         pending: list[str | None] = [None]
         while pending:
             folder = pending.pop()
-            for info in self._repo.list_artifacts(folder):
+            with self._calling(f"listing {folder or 'the files'} of the version"):
+                infos = self._repo.list_artifacts(folder)
+            for info in infos:
                 rel = safe_relative_path(info.path)
                 if info.is_dir:
                     pending.append(rel)
@@ -440,7 +448,8 @@ class RepositorySource:
         rel = safe_relative_path(path)
         scratch = tempfile.mkdtemp(prefix="amlpromote-")
         try:
-            local = self._repo.download_artifacts(rel, dst_path=scratch)
+            with self._calling(f"downloading {rel}"):
+                local = self._repo.download_artifacts(rel, dst_path=scratch)
             with open(local, "rb", buffering=0) as handle:
                 yield _read_chunks(handle, LOCAL_CHUNK)
         finally:

@@ -42,6 +42,7 @@ from amlpromote.core.artifacts import (
     HTTP_CHUNK,
     ArtifactFile,
     Chunks,
+    StreamingBody,
     safe_relative_path,
 )
 from amlpromote.core.azure import AzureMlConnection, connection_of
@@ -376,20 +377,6 @@ class _ViewBody:
         return view if view is not None else b""
 
 
-class _ChunkBody:
-    """A request body of known length pulled from a chunk stream (see artifacts._StreamingBody)."""
-
-    def __init__(self, chunks: Chunks, length: int) -> None:
-        self._chunks = chunks
-        self.len = length
-
-    def read(self, size: int = -1) -> memoryview | bytes:
-        for chunk in self._chunks:
-            if len(chunk):
-                return chunk
-        return b""
-
-
 class BlockUploader:
     """Uploads one stream to one blob write URL: a Put Blob for a file up to one block, else
     parallel Put Blocks and a Put Block List. Shared by every file of one transfer, so its
@@ -412,7 +399,7 @@ class BlockUploader:
         # One request streamed from the source; a failure is retried by the transfer, which
         # reads the file again.
         response = self.service.request(
-            "PUT", url, f"uploading {rel}", data=_ChunkBody(chunks, size),
+            "PUT", url, f"uploading {rel}", data=StreamingBody(chunks, size),
             headers={"x-ms-blob-type": "BlockBlob", "Content-Length": str(size)})
         response.close()
 

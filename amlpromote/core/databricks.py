@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import configparser
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,10 +36,10 @@ from urllib.parse import unquote, urlsplit
 
 from amlpromote.core.artifacts import (
     HTTP_CHUNK,
-    LOCAL_CHUNK,
     ArtifactFile,
     ArtifactSource,
     Chunks,
+    RepositorySource,
     safe_relative_path,
 )
 from amlpromote.core.errors import (
@@ -600,49 +598,13 @@ def _error_detail(response: Any) -> str:
     return redact_text(text).strip().replace("\n", " ")[:300]
 
 
-class UnityCatalogVersionSource:
+class UnityCatalogVersionSource(RepositorySource):
     """The files of one Unity Catalog version, through MLflow's UC artifact repository (which
     fetches temporary storage credentials); each file lands in a temporary folder first."""
 
     def __init__(self, registry: DatabricksRegistry, uri: str, name: str, version: str) -> None:
-        self.registry = registry
+        super().__init__(uri, registry.repository, calling=registry.calling)
         self.description = f"{registry.describe()} Unity Catalog model {name} version {version}"
-        self._repo = registry.repository(uri)
-
-    def list_files(self) -> list[ArtifactFile]:
-        files: list[ArtifactFile] = []
-        pending: list[str | None] = [None]
-        while pending:
-            folder = pending.pop()
-            with self.registry.calling(f"listing {folder or 'the files'} of the version"):
-                infos = self._repo.list_artifacts(folder)
-            for info in infos:
-                rel = safe_relative_path(info.path)
-                if info.is_dir:
-                    pending.append(rel)
-                else:
-                    files.append(ArtifactFile(rel, info.file_size))
-        return sorted(files, key=lambda f: f.path)
-
-    @contextmanager
-    def open(self, path: str) -> Iterator[Chunks]:
-        rel = safe_relative_path(path)
-        scratch = tempfile.mkdtemp(prefix="amlpromote-")
-        try:
-            with self.registry.calling(f"downloading {rel}"):
-                local = self._repo.download_artifacts(rel, dst_path=scratch)
-            with open(local, "rb", buffering=0) as handle:
-                yield _file_chunks(handle)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _file_chunks(handle: Any) -> Chunks:
-    while True:
-        block = handle.read(LOCAL_CHUNK)
-        if not block:
-            return
-        yield block
 
 
 def check_source_ref(source: RegistryUri, ref: ModelRef) -> None:
