@@ -285,9 +285,13 @@ def test_errors_translate_like_mlflow_errors(source: Source) -> None:
 def test_version_search_pages(mlflow_server: MlflowServer, unique_model_name: str) -> None:
     reference = mlflow_client(mlflow_server.url)
     reference.create_registered_model(unique_model_name)
+    # Sources inside a run's artifact root: newer servers refuse any other source.
+    experiment = reference.get_experiment_by_name("Default")
+    run = reference.create_run(experiment.experiment_id if experiment else "0")
     for index in range(5):
         reference.create_model_version(
-            unique_model_name, f"mlflow-artifacts:/pages/{index}", tags={"index": str(index)}
+            unique_model_name, f"{run.info.artifact_uri}/pages/{index}",
+            run_id=run.info.run_id, tags={"index": str(index)},
         )
     rest = MlflowRestClient(mlflow_server.url)
 
@@ -305,7 +309,7 @@ def test_version_search_pages(mlflow_server: MlflowServer, unique_model_name: st
     # The registry lists every version, with its tags.
     registry = MlflowRegistry(parse_registry_uri(mlflow_server.url))
     listed = registry.list_versions(unique_model_name, filter_tags={"index": "3"})
-    assert [(v.version, v.source) for v in listed] == [("4", "mlflow-artifacts:/pages/3")]
+    assert [(v.version, v.source) for v in listed] == [("4", f"{run.info.artifact_uri}/pages/3")]
 
 
 # -- 3: retries -----------------------------------------------------------------------------------
