@@ -45,6 +45,9 @@ class Measured:
     stderr: str
     cpu_seconds: float = 0.0  # the child's own user + system time
     machine_busy: float = 0.0  # busy CPU seconds of the whole machine during the run
+    # CPU seconds of what served the run (servers, emulators, the benchmark's own threads);
+    # set by the caller that knows them
+    serving_cpu: float = 0.0
 
 
 GNU_TIME = "/usr/bin/time"
