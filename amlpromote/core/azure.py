@@ -3,20 +3,18 @@
 The user names how to sign in (`--credential default|cli|managed-identity|environment|
 device-code`); every Azure call of one registry then uses that one credential: Azure Resource
 Manager (azure-ai-ml's `MLClient`, which turns a workspace's coordinates into its MLflow tracking
-URI), the Azure ML MLflow REST API (azureml-mlflow) and the artifact services (core/azure_blob.py).
+URI), the Azure ML MLflow REST API and the artifact services (core/azure_blob.py).
 
-How the credential reaches azureml-mlflow: its stores take their credential from a per-URI
-cache of "service contexts" (`_AzureMLServiceContextLoader`), filled on first use with its own
-chain — DefaultAzureCredential's credentials *plus an interactive browser and a device-code
-prompt*, which a CI job must never meet — and MLflow keeps each store for the life of the process,
-keyed by URI. So each `MlflowRegistry` gets its own key: the workspace URI with a unique fragment
-(`#amlpromote-<id>`; neither library sends the fragment anywhere), registered with a service
-context that holds the chosen credential, and dropped again when the client is garbage
-collected. Two registries on the same workspace with different credentials stay apart, and the
-plain URI keeps whatever azureml-mlflow would have done for other code in the process.
+Azure ML's MLflow API (workspaces and registries alike) is MLflow's REST API under
+`/mlflow/v2.0/<resource id>`, taking a bearer token for Resource Manager's scope. `rest_client`
+calls it through `MlflowRestClient` with the chosen credential's token. Going through
+azureml-mlflow instead would cost an mlflow import (~2.5 s, ~200 MB) and would sign in with that
+library's own chain, which ends in an interactive browser and a device-code prompt that a CI job
+must never meet.
 
-azure-ai-ml registers the workspace URI in the same cache as a side effect of
-`workspaces.get()`; discovery puts the cache back as it found it.
+azure-ai-ml registers the workspace URI in azureml-mlflow's global cache of "service contexts" as
+a side effect of `workspaces.get()`; discovery puts the cache back as it found it, so other code
+in the process sees what it would have seen without us.
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ import os
 import re
 import sys
 import threading
-import uuid
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -435,12 +431,27 @@ class AzureMlScope:
         return f"Azure ML {noun} '{self.name}' ({where}, subscription {self.subscription})"
 
 
+# The token scope of Azure's built-in clouds (their Resource Manager endpoint + "/.default"), as
+# azureml-mlflow's cloud table has them. Knowing them here spares importing azureml-mlflow (and a
+# metadata request to management.azure.com when AZUREML_CURRENT_CLOUD is unset) on the REST path.
+_KNOWN_CLOUD_SCOPES = {
+    "AzureCloud": "https://management.azure.com/.default",
+    "AzureChinaCloud": "https://management.chinacloudapi.cn/.default",
+    "AzureUSGovernment": "https://management.usgovcloudapi.net/.default",
+}
+# A cached token is used until this close to its expiry (azure-core's BearerTokenCredentialPolicy
+# refreshes 300 s early too), so a call never carries a token that expires in flight.
+_TOKEN_REFRESH_MARGIN = 300.0
+
+
 class AzureMlConnection:
     """One workspace or registry and the credential chosen for it."""
 
     def __init__(self, scope: AzureMlScope, credential: NamedCredential) -> None:
         self.scope = scope
         self.credential = credential
+        self._token: AccessToken | None = None
+        self._token_lock = threading.Lock()
 
     @functools.cached_property
     def cloud(self) -> Any:
@@ -449,70 +460,60 @@ class AzureMlConnection:
 
         return _get_cloud_or_default()
 
-    @property
+    @functools.cached_property
     def token_scope(self) -> str:
+        name = os.environ.get("AZUREML_CURRENT_CLOUD") or "AzureCloud"
+        known = _KNOWN_CLOUD_SCOPES.get(name)
+        if known is not None and not os.environ.get("ARM_CLOUD_METADATA_URL"):
+            return known
+        # Another cloud (or the user's own metadata): azureml-mlflow knows how to look it up.
         scope: str = self.cloud._get_default_scope()
         return scope
 
     def authorization(self) -> str:
-        """A bearer header value for Azure ML's data-plane services (never logged)."""
-        return "Bearer " + self.credential.get_token(self.token_scope).token
+        """A bearer header value for Azure ML's data-plane services (never logged).
 
-    def service_context(self) -> Any:
-        """What azureml-mlflow's stores take their host, scope and credential from."""
-        from azureml.mlflow._internal.utils import RegistryServiceContext, ServiceContext
+        The token is kept until shortly before it expires: some credentials (the Azure CLI's
+        runs `az` for every token) take a second or more per call, and a copy makes hundreds."""
+        import time
 
-        scope = self.scope
-        if scope.is_registry:
-            return RegistryServiceContext(
-                subscription_id=scope.subscription, resource_group_name=scope.resource_group,
-                registry_name=scope.name, auth=self.credential, host_url=scope.host_url,
-                cloud=self.cloud)
-        return ServiceContext(
-            host_url=scope.host_url, subscription_id=scope.subscription,
-            workspace_name=scope.name, resource_group_name=scope.resource_group,
-            auth=self.credential, cloud=self.cloud)
+        with self._token_lock:
+            token = self._token
+            if token is None or token.expires_on - time.time() < _TOKEN_REFRESH_MARGIN:
+                token = self.credential.get_token(self.token_scope)
+                self._token = token
+        return "Bearer " + token.token
+
+
+def rest_client(uri: RegistryUri) -> Any:
+    """An `MlflowRestClient` for an Azure ML workspace or registry, signed in with
+    `uri.credential` (the base URL and token scope are those of azureml-mlflow's stores, see its
+    `AzureMLRestStore.get_host_credentials`)."""
+    scope = AzureMlScope.parse(uri.uri)
+    connection = AzureMlConnection(scope, make_credential(getattr(uri, "credential", None)))
+    return _rest_client_class()(connection)
 
 
 @functools.cache
-def _client_class() -> type:
-    from mlflow import MlflowClient
+def _rest_client_class() -> type:
+    # Built on first use: azure.py is imported by commands that never reach a registry.
+    from amlpromote.core.mlflow_rest import MlflowRestClient
 
-    class AzureMlflowClient(MlflowClient):
-        """An MlflowClient whose stores use `connection`'s credential (see module docstring)."""
+    class AzureMlRestClient(MlflowRestClient):
+        """An MlflowRestClient on a workspace's or registry's MLflow API, with `connection`'s
+        token."""
 
-        def __init__(self, connection: AzureMlConnection, store_key: str) -> None:
-            super().__init__(tracking_uri=store_key, registry_uri=store_key)
+        def __init__(self, connection: AzureMlConnection) -> None:
+            scope = connection.scope
+            super().__init__(f"{scope.host_url}/mlflow/v2.0{scope.arm_id}",
+                             auth_header=connection.authorization)
             self.connection = connection
-            self.store_key = store_key
 
-    return AzureMlflowClient
-
-
-def mlflow_client(uri: RegistryUri) -> Any:
-    """An MlflowClient for an `azureml://` registry, signed in with `uri.credential`."""
-    scope = AzureMlScope.parse(uri.uri)
-    connection = AzureMlConnection(scope, make_credential(getattr(uri, "credential", None)))
-    # MLflow prints "View run ... at: <url>" on stdout when a run on a REST store ends; stdout
-    # carries the command's result (one JSON document with --output json).
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    key = f"{scope.mlflow_uri}#amlpromote-{uuid.uuid4().hex[:16]}"
-    from azureml.mlflow._internal.service_context_loader import _AzureMLServiceContextLoader
-
-    with _CACHE_LOCK:
-        _AzureMLServiceContextLoader.add_service_context(key, connection.service_context())
-    client = _client_class()(connection, key)
-    weakref.finalize(client, _forget_service_context, key)
-    return client
-
-
-def _forget_service_context(key: str) -> None:
-    with _CACHE_LOCK:
-        _service_context_cache().pop(key, None)
+    return AzureMlRestClient
 
 
 def connection_of(client: Any) -> AzureMlConnection:
-    """The connection behind a client made by `mlflow_client`."""
+    """The connection behind a client made by `rest_client`."""
     connection = getattr(client, "connection", None)
     if not isinstance(connection, AzureMlConnection):
         raise TypeError("not an Azure ML MLflow client")

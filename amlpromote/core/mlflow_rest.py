@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -320,8 +321,18 @@ class _ApiSession(HttpSession):
 class MlflowRestClient:
     """The subset of `mlflow.MlflowClient` that amlpromote uses, for one MLflow server."""
 
-    def __init__(self, tracking_uri: str) -> None:
-        self.endpoint = HttpEndpoint.for_tracking_uri(tracking_uri)
+    def __init__(self, tracking_uri: str, *,
+                 auth_header: Callable[[], str] | None = None) -> None:
+        """`auth_header`, when given, is the whole authorization of every call (a service that
+        takes short-lived bearer tokens, e.g. Azure ML): its value is sent as `Authorization`,
+        asked for anew on each call so a token can be refreshed, and the MLFLOW_TRACKING_*
+        credentials and TLS settings, which belong to the user's MLflow server, are not used."""
+        if auth_header is None:
+            self.endpoint = HttpEndpoint.for_tracking_uri(tracking_uri)
+        else:
+            self.endpoint = HttpEndpoint(HttpEndpoint.for_tracking_uri(tracking_uri).base_url,
+                                         None, {}, True, None)
+        self._auth_header = auth_header
         self.settings = RetrySettings.from_env()
         self._http = _ApiSession(self.endpoint, pool_size=4)
         self._headers = {"User-Agent": f"amlpromote/{__version__}"}
@@ -342,8 +353,11 @@ class MlflowRestClient:
         failures = 0
         slept = 0.0
         while True:
+            headers = self._headers
+            if self._auth_header is not None:
+                headers = {**headers, "Authorization": self._auth_header()}
             try:
-                response = self._http.send(method, url, headers=self._headers,
+                response = self._http.send(method, url, headers=headers,
                                            timeout=self.settings.timeout, **kwargs)
             except requests.exceptions.SSLError as exc:
                 # A certificate problem does not heal on a retry.

@@ -1,8 +1,9 @@
 """One MLflow registry, bound to its URI, with no global MLflow state.
 
 Source and target are two `MlflowRegistry` objects, each with its own client. A plain MLflow
-server (`http(s)://`) gets `MlflowRestClient`, which speaks MLflow's REST API without importing
-mlflow (that import alone costs ~2 s); every other registry gets an `MlflowClient`. Where MLflow
+server (`http(s)://`) and Azure ML (`azureml://`, with a bearer token) get `MlflowRestClient`,
+which speaks MLflow's REST API without importing mlflow (that import alone costs ~2 s); every
+other registry gets an `MlflowClient`. Where MLflow
 itself reads the *global* tracking URI (the sqlalchemy and file registry stores resolve a
 `models:/` source through a fresh `MlflowClient()`), the call runs inside `mlflow_globals`, which
 points the globals at this registry for that call only and restores them under a lock.
@@ -255,6 +256,9 @@ class MlflowRegistry:
     @cached_property
     def uses_rest(self) -> bool:
         """Whether this registry is reached through `MlflowRestClient` (no mlflow import)."""
+        if self.uri.scheme == "azureml":
+            # Azure ML's MLflow API takes a bearer token and none of MLflow's own settings.
+            return True
         from amlpromote.core.mlflow_rest import rest_client_applies
 
         return rest_client_applies(self.uri.scheme)
@@ -268,9 +272,9 @@ class MlflowRegistry:
         if self.uri.scheme == "azureml":
             # azureml-mlflow's own credential chain ends in a browser prompt; this client
             # signs in with the credential chosen for this registry (core/azure.py).
-            from amlpromote.core.azure import mlflow_client
+            from amlpromote.core.azure import rest_client
 
-            return mlflow_client(self.uri)
+            return rest_client(self.uri)
         if self.uses_rest:
             from amlpromote.core.mlflow_rest import MlflowRestClient
 

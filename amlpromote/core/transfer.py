@@ -88,6 +88,10 @@ def copy_files(source: ArtifactSource, sink: ArtifactSink, files: list[ArtifactF
                progress: TransferProgress | None = None, workers: int | None = None,
                on_retry: Callable[[str], None] | None = None) -> ArtifactManifest:
     """Copy every file from `source` to `sink`, hashing as the bytes pass; returns the manifest."""
+    # A sink that prepares writes in bulk (Azure ML's artifact service) learns what is coming.
+    expect: Callable[[list[str]], None] | None = getattr(sink, "expect", None)
+    if expect is not None:
+        expect([f.path for f in _start_order(files)])
     return _run(files, lambda f, p: _copy_one(source, sink, f, p), progress, workers, on_retry,
                 "copying")
 
@@ -161,8 +165,7 @@ def _run(files: list[ArtifactFile],
         progress.file_done(file.path)
         return entry
 
-    # Largest first, so one big file does not start last and run alone.
-    ordered = sorted(files, key=lambda f: -(f.size or 0))
+    ordered = _start_order(files)
     count = max(1, min(workers or default_workers(), len(files) or 1))
     entries: list[ManifestEntry] = []
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="amlpromote-io") as pool:
@@ -180,6 +183,11 @@ def _run(files: list[ArtifactFile],
         entries = [f.result() for f in futures]
     progress.finish()
     return ArtifactManifest.of(entries)
+
+
+def _start_order(files: list[ArtifactFile]) -> list[ArtifactFile]:
+    # Largest first, so one big file does not start last and run alone.
+    return sorted(files, key=lambda f: -(f.size or 0))
 
 
 class _CountingProgress:
