@@ -508,6 +508,37 @@ def test_a_promotion_into_a_workspace_never_imports_mlflow(
     assert registered.tags[lineage.SOURCE_VERSION] == str(version)
 
 
+def test_a_token_is_reused_until_shortly_before_it_expires() -> None:
+    # Some credentials are slow per token (the Azure CLI runs `az` each time); a copy makes
+    # hundreds of calls, so the connection keeps a token while it has minutes left.
+    import time
+
+    from azure.core.credentials import AccessToken
+
+    from amlpromote.core.azure import AzureMlConnection, AzureMlScope, NamedCredential
+
+    class CountingCredential:
+        def __init__(self, lifetime: float) -> None:
+            self.lifetime = lifetime
+            self.scopes: list[str] = []
+
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            self.scopes.extend(scopes)
+            return AccessToken(f"token-{len(self.scopes)}", int(time.time() + self.lifetime))
+
+    scope = AzureMlScope.parse(f"azureml://westeurope.api.azureml.ms/mlflow/v2.0/subscriptions/"
+                               f"{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
+                               f"Microsoft.MachineLearningServices/workspaces/{WORKSPACE}")
+    lasting = CountingCredential(lifetime=3600)
+    connection = AzureMlConnection(scope, NamedCredential(lasting, "default"))  # type: ignore[arg-type]
+    assert [connection.authorization() for _ in range(3)] == ["Bearer token-1"] * 3
+    assert lasting.scopes == ["https://management.azure.com/.default"]
+
+    expiring = CountingCredential(lifetime=60)  # inside the refresh margin: never reused
+    connection = AzureMlConnection(scope, NamedCredential(expiring, "default"))  # type: ignore[arg-type]
+    assert [connection.authorization() for _ in range(2)] == ["Bearer token-1", "Bearer token-2"]
+
+
 def test_device_code_needs_a_terminal_and_unknown_kinds_are_refused() -> None:
     from amlpromote.core.azure import make_credential
     from amlpromote.core.errors import BadInput
