@@ -46,6 +46,7 @@ from amlpromote.core.databricks import (
 from amlpromote.core.errors import BadInput, NotFound
 from amlpromote.core.names import default_target_name, is_valid_target_name, target_model_name
 from amlpromote.core.refs import parse_model_ref
+from amlpromote.core.registry import MlflowRegistry
 from amlpromote.core.uris import parse_registry_uri
 
 if TYPE_CHECKING:
@@ -62,6 +63,17 @@ frame = pandas.read_pickle(sys.argv[3])
 promoted = mlflow.pyfunc.load_model(sys.argv[1]).predict(frame)
 source = mlflow.pyfunc.load_model(sys.argv[2]).predict(frame)
 print(json.dumps([numpy.asarray(promoted).tolist(), numpy.asarray(source).tolist()]))
+"""
+# Runs the CLI like the console script does, then reports which heavy libraries were imported.
+CLI_REPORTING_IMPORTS = """
+import json, sys
+from amlpromote.cli.app import main
+sys.argv = ["amlpromote", *sys.argv[1:]]
+try:
+    main()
+finally:
+    loaded = {name: name in sys.modules for name in ("mlflow", "databricks.sdk")}
+    sys.__stderr__.write("IMPORTED=" + json.dumps(loaded) + "\\n")
 """
 
 
@@ -318,6 +330,49 @@ def test_profile_promotion_in_a_real_process_is_byte_exact_and_loads(
     promoted, source = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(promoted) == 100 and set(promoted) <= {0, 1}
     assert promoted == source
+
+
+def test_a_token_profile_to_an_mlflow_server_imports_neither_mlflow_nor_the_sdk(
+    clean_box: DatabricksBox,
+    heart: Heart,
+    mlflow_server: MlflowServer,
+    isolated_environment: Path,
+    tmp_path: Path,
+) -> None:
+    """A personal-access-token profile is called over REST: a copy to a plain MLflow server
+    never imports mlflow or databricks-sdk (3.5 s and 240 MB), and stays byte-exact."""
+    clean_box.write_databrickscfg(isolated_environment, PROFILE)
+    env = process_env(isolated_environment, clean_box)
+    name = f"dbx-rest-{uuid.uuid4().hex[:8]}"
+    cwd = tmp_path / "cwd-rest"
+    cwd.mkdir()
+    args = ("copy-model", f"{heart.name}/{heart.version}", "--source", f"databricks://{PROFILE}",
+            "--target", mlflow_server.tracking_uri, "--target-name", name, "--output", "json")
+
+    proc = subprocess.run([sys.executable, "-c", CLI_REPORTING_IMPORTS, *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=180, check=False)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert json.loads(last.removeprefix("IMPORTED=")) == {"mlflow": False,
+                                                          "databricks.sdk": False}, proc.stderr
+    document = json.loads(proc.stdout)
+    assert document["status"] == "copied"
+    assert document["source"]["digest"] == heart.digest
+    assert clean_box.token not in proc.stdout + proc.stderr
+    # Every API call went out from our client with the profile's token; files via signed URLs.
+    api = clean_box.requests_to("/api/")
+    assert api and {r.bearer for r in api} == {DatabricksBox.fingerprint(clean_box.token)}
+    assert all(r.headers.get("user-agent", "").startswith("amlpromote/") for r in api)
+    assert len(clean_box.requests_to("/blob/")) == len(heart.hashes)
+    # The target server holds the source's bytes (read back with MLflow's own client).
+    client = mlflow_client(mlflow_server.tracking_uri)
+    mv = client.get_model_version(name, document["target"]["version"])
+    assert mv.tags["amlpromote.digest"] == heart.digest
+    location = client.get_logged_model(mv.source.removeprefix("models:/")).artifact_location
+    assert location.startswith("mlflow-artifacts:/"), location
+    stored = mlflow_server.artifacts_dir / urlsplit(location).path.lstrip("/")
+    assert sha256_tree(stored) == heart.hashes
 
 
 def test_env_var_promotion_then_unchanged(
@@ -645,6 +700,62 @@ def test_a_named_profile_hides_databricks_variables_only_during_a_call(
     with pytest.raises(RuntimeError), named.contained():
         raise RuntimeError("restored on failure too")
     assert os.environ["DATABRICKS_TOKEN"] == "dapi" + "2" * 32
+
+
+def test_only_personal_access_tokens_take_the_rest_route(
+    databricks_isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Host + token (profile or environment) is called over REST; any other authentication, or
+    a setting the REST route does not reproduce, keeps MlflowClient and databricks-sdk."""
+    token = "dapi" + "3" * 32
+    databricks_isolated.write_text(
+        f"[pat]\nhost = https://pat.example/\ntoken = {token}\n"
+        f"[pat-typed]\nhost = pat.example\ntoken = {token}\nauth_type = pat\n"
+        "[cli]\nhost = https://cli.example\nauth_type = databricks-cli\n"
+        "[m2m]\nhost = https://m2m.example\nclient_id = x\nclient_secret = y\n"
+        f"[insecure]\nhost = https://i.example\ntoken = {token}\ninsecure = true\n"
+        f"[DEFAULT]\nhost = https://default.example\ntoken = {token}\n")
+
+    def rest(uri: str) -> tuple[str, str] | None:
+        registry = DatabricksRegistry.of(parse_registry_uri(uri))
+        uses_rest = MlflowRegistry(parse_registry_uri(uri)).uses_rest
+        assert uses_rest == (registry.personal_access_token() is not None)
+        return registry.personal_access_token()
+
+    assert rest("databricks://pat") == ("https://pat.example", token)
+    assert rest("databricks://pat-typed") == ("https://pat.example", token)
+    for other in ("cli", "m2m", "insecure", "nope", "scope:prefix"):
+        assert rest(f"databricks://{other}") is None, other
+    assert rest("databricks-uc://pat") is None  # Unity Catalog keeps MLflow's UC repository
+    assert rest("databricks") == ("https://default.example", token)
+
+    monkeypatch.setenv("DATABRICKS_HOST", "https://env.example")
+    monkeypatch.setenv("DATABRICKS_TOKEN", "dapi" + "4" * 32)
+    assert rest("databricks") == ("https://env.example", "dapi" + "4" * 32)  # env wins
+    monkeypatch.setenv("DATABRICKS_CONFIG_PROFILE", "m2m")  # env host/token over OAuth fields
+    assert rest("databricks") is None
+    monkeypatch.delenv("DATABRICKS_CONFIG_PROFILE")
+    for key in ("ARM_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_RUNTIME_VERSION"):
+        with monkeypatch.context() as patch:
+            patch.setenv(key, "x")
+            assert rest("databricks") is None, key
+    # A named profile ignores the environment, as its containment does.
+    with monkeypatch.context() as patch:
+        patch.setenv("ARM_CLIENT_ID", "x")
+        assert rest("databricks://pat") == ("https://pat.example", token)
+
+
+def test_the_rest_route_knows_every_databricks_sdk_variable() -> None:
+    """Contract with databricks-sdk: each variable it reads is one the REST route uses, one it
+    may ignore, or one (by its prefix) that sends the registry to the MlflowClient route."""
+    from databricks.sdk.config import Config
+
+    from amlpromote.core import databricks as module
+
+    envs = {attr.name: attr.env for attr in Config.attributes() if attr.env}
+    assert all(env.startswith(module._SDK_ENV_PREFIXES) for env in envs.values()), envs
+    assert {envs[name] for name in module._NEUTRAL_SDK_SETTINGS} == module._NEUTRAL_ENV
+    assert set(envs.values()) >= module._PAT_ENV
 
 
 def test_retry_timeout_default_user_value_and_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:

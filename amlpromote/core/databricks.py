@@ -20,6 +20,13 @@ module (each is pinned by a "contract" test in tests/test_databricks_box.py):
   (`DatabricksModelsArtifactRepository`'s two developer-stable endpoints), streamed straight into
   the transfer, so no file is staged on disk.
 - The workspace registry has no aliases; Unity Catalog has no stages.
+
+`import mlflow` and `import databricks.sdk` cost about 3.5 s and 240 MB together. When a
+workspace-registry URI authenticates with a personal access token and nothing else (a profile
+with only host and token, or DATABRICKS_HOST/DATABRICKS_TOKEN), the registry is called over REST
+with `requests` (`DatabricksRestClient`, a bearer-token `MlflowRestClient`) and neither is
+imported. Any other kind of authentication (OAuth, azure-cli, client secrets, a setting we do not
+know) keeps the MlflowClient route, which supports them all.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from __future__ import annotations
 import configparser
 import os
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +58,7 @@ from amlpromote.core.errors import (
     OperationFailed,
     Unreachable,
 )
+from amlpromote.core.mlflow_rest import MlflowRestClient, RestError, _ApiSession
 from amlpromote.core.refs import ModelRef
 from amlpromote.core.retry import (
     RETRYABLE_STATUS,
@@ -58,6 +67,7 @@ from amlpromote.core.retry import (
     call_with_retry,
     parse_retry_after,
 )
+from amlpromote.core.transfer import default_workers
 from amlpromote.core.uris import RegistryUri, redact_text
 
 SCHEMES = ("databricks", "databricks-uc")
@@ -81,6 +91,23 @@ _NEUTRAL_SDK_SETTINGS = frozenset({
 })
 # Taking variables out of os.environ is process-wide; one registry call at a time does it.
 _ENV_LOCK = threading.RLock()
+
+# What a config-file profile may hold for the REST route: a personal access token and its host.
+# The legacy databricks-cli also writes jobs-api-version, which only concerns the Jobs API. Any
+# other key (auth_type other than pat, client_id, azure_*, insecure, ...) means databricks-sdk
+# would authenticate or connect in a way this route does not reproduce.
+_PAT_PROFILE_KEYS = frozenset({"host", "token", "auth_type", "jobs-api-version"})
+# The variables the REST route reads for the bare `databricks` URI, and those (databricks-sdk's
+# neutral settings) it may ignore; any other DATABRICKS_*, ARM_* or GOOGLE_CREDENTIALS variable
+# selects credentials, a workspace detail, or a notebook context (DATABRICKS_RUNTIME_VERSION).
+_PAT_ENV = frozenset({"DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_AUTH_TYPE",
+                      "DATABRICKS_CONFIG_PROFILE", CONFIG_FILE_ENV})
+_NEUTRAL_ENV = frozenset(name.upper() if name.startswith("databricks_")
+                         else "DATABRICKS_" + name.upper() for name in _NEUTRAL_SDK_SETTINGS)
+_SDK_ENV_PREFIXES = ("DATABRICKS_", "ARM_", "GOOGLE_CREDENTIALS")
+# databricks-sdk's pause between retries when the answer has no Retry-After: one second more
+# per attempt, at most this many.
+_MAX_BACKOFF_SECONDS = 10.0
 
 
 def is_databricks(scheme: str) -> bool:
@@ -220,6 +247,60 @@ class DatabricksRegistry:
                            hint=f"set DATABRICKS_HOST and DATABRICKS_TOKEN, add a [{wanted}] "
                                 f"profile to {config}, or name one: {self.scheme}://PROFILE")
 
+    def personal_access_token(self) -> tuple[str, str] | None:
+        """(host, token) when this workspace-registry URI authenticates with a personal access
+        token and nothing else, resolved as databricks-sdk would; None for anything else.
+
+        A named profile is read alone (its DATABRICKS_* overrides are contained away). The bare
+        URI takes DATABRICKS_HOST/DATABRICKS_TOKEN; the config file's profile
+        (DATABRICKS_CONFIG_PROFILE, else DEFAULT) fills in only when the environment names no
+        host or token, or names a profile, and the environment wins over the file. The token is
+        never part of a message.
+        """
+        if self.unity_catalog:
+            return None
+        if self.profile:
+            if ":" in self.profile:
+                return None  # secret-scope credentials, resolved by mlflow inside Databricks
+            fields = (_config_sections() or {}).get(self.profile)
+            if fields is None:
+                return None
+        else:
+            env = {key: value for key, value in os.environ.items()
+                   if key.startswith(_SDK_ENV_PREFIXES) and value}  # the SDK skips empty ones
+            if set(env) - _PAT_ENV - _NEUTRAL_ENV:
+                return None
+            fields = {name: env[key] for name, key in (("host", "DATABRICKS_HOST"),
+                                                       ("token", "DATABRICKS_TOKEN"),
+                                                       ("auth_type", "DATABRICKS_AUTH_TYPE"))
+                      if key in env}
+            env_profile = env.get("DATABRICKS_CONFIG_PROFILE")
+            if env_profile or not fields.keys() & {"host", "token"}:
+                sections = _config_sections()
+                # [__settings__] default_profile picks another default: not ours to reproduce.
+                if sections is None or "__settings__" in sections:
+                    return None
+                section = sections.get(env_profile or "DEFAULT")
+                if section is None:
+                    return None
+                fields = {**section, **fields}
+        if not fields.keys() <= _PAT_PROFILE_KEYS:
+            return None
+        if (fields.get("auth_type") or "pat").strip() != "pat":
+            return None
+        host = (fields.get("host") or "").strip().rstrip("/")
+        token = (fields.get("token") or "").strip()
+        if not host or not token:
+            return None
+        return (host if "://" in host else "https://" + host), token
+
+    def rest_client(self) -> DatabricksRestClient | None:
+        """A REST client for this registry when it uses a personal access token, else None."""
+        credentials = self.personal_access_token()
+        if credentials is None:
+            return None
+        return DatabricksRestClient(*credentials, retry_seconds=configure_databricks_environment())
+
     # -- calling it -------------------------------------------------------------------------
 
     @contextmanager
@@ -257,6 +338,9 @@ class DatabricksRegistry:
             return self.refused(what, 401)
         if code == "PERMISSION_DENIED" or status == 403:
             return self.refused(what, 403)
+        if isinstance(exc, RestError) and status in (429, 503):
+            # DatabricksRestClient gives up on 429/503 only once the retry window is spent.
+            return self.throttled(what)
         message = str(getattr(exc, "message", None) or exc)
         if "Reading Databricks credential configuration failed" in message:
             return BadInput(f"{what}: no usable credentials for {self.describe()}",
@@ -302,10 +386,10 @@ class DatabricksRegistry:
         if self.unity_catalog:
             # mlflow puts no profile into UC model URIs; the repository gets the registry URI.
             return f"models:/{name}/{version}"
-        from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
-
-        return str(add_databricks_profile_info_to_artifact_uri(f"models:/{name}/{version}",
-                                                               self.tracking_uri))
+        # mlflow's add_databricks_profile_info_to_artifact_uri writes the same, without the
+        # import: `models://PROFILE@databricks/...`, or `models://databricks/...`.
+        where = f"{self.profile}@databricks" if self.profile else "databricks"
+        return f"models://{where}/{name}/{version}"
 
     def artifact_source(self, uri: str) -> ArtifactSource:
         name, version = _name_and_version(uri)
@@ -348,12 +432,21 @@ class DatabricksRegistry:
                 raise translate_mlflow_error(exc, what, self.uri) from exc
             raise
 
-    def client(self) -> DatabricksClient:
-        from mlflow import MlflowClient
-
+    def client(self, rest: bool = False) -> DatabricksClient:
+        """The registry's client: `DatabricksRestClient` when `rest` (the caller checked
+        `personal_access_token`), else MLflow's `MlflowClient` through databricks-sdk."""
         self.require_configured()
         configure_databricks_environment()
         self.require_reachable()
+        if rest:
+            client = self.rest_client()
+            if client is None:
+                raise BadInput(f"the credentials of {self.describe()} changed while amlpromote "
+                               "ran", hint="run again")
+            # It reads no environment after this point: nothing to contain.
+            return DatabricksClient(self, client, contain=False)
+        from mlflow import MlflowClient
+
         return DatabricksClient(self, MlflowClient(tracking_uri=self.tracking_uri,
                                                    registry_uri=self.registry_uri))
 
@@ -409,24 +502,66 @@ def _name_and_version(uri: str) -> tuple[str, str]:
     return name, version
 
 
+class DatabricksRestClient(MlflowRestClient):
+    """`MlflowRestClient` for a workspace reached with a personal access token.
+
+    It retries the way databricks-sdk does on the MlflowClient route: 429/503 (and dropped
+    connections) after Retry-After, else a pause one second longer per attempt, until
+    MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT seconds have passed since the call's first
+    failure; `DatabricksRegistry.translate` then says "throttled". `get_json` makes the
+    registry's artifact calls (list-artifacts, signed URLs) with the same session.
+    """
+
+    def __init__(self, host: str, token: str, *, retry_seconds: float) -> None:
+        bearer = f"Bearer {token}"
+        super().__init__(host, auth_header=lambda: bearer)
+        # Every transfer worker asks for its signed URLs through this session: a pool smaller
+        # than the workers would make urllib3 warn "Connection pool is full" on stderr.
+        self._http = _ApiSession(self.endpoint, pool_size=max(16, default_workers()))
+        self.retry_seconds = retry_seconds
+        # Transfer workers share the client; each call's retry window is its own.
+        self._calls = threading.local()
+
+    def __repr__(self) -> str:
+        return f"DatabricksRestClient({self.endpoint.base_url!r})"  # never the token
+
+    def _pause(self, failures: int, retry_after: float | None, slept: float) -> float | None:
+        now = time.monotonic()
+        if failures == 1:
+            self._calls.first_failure = now
+        first = getattr(self._calls, "first_failure", now)
+        pause = max(retry_after, 0.0) if retry_after is not None \
+            else min(float(failures), _MAX_BACKOFF_SECONDS)
+        if now - first + pause > self.retry_seconds:
+            return None
+        return pause
+
+    def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """GET one workspace API path (e.g. LIST_ARTIFACTS); the JSON answer, or RestError."""
+        return self._call("GET", path, dict(params))
+
+
 class DatabricksClient:
-    """An `MlflowClient` for one Databricks registry whose every call is contained and whose
-    Databricks-specific failures (401/403, the SDK's TimeoutError) get Databricks messages.
+    """A client for one Databricks registry whose Databricks-specific failures (401/403,
+    throttling, the SDK's TimeoutError) get Databricks messages; an `MlflowClient`'s calls are
+    also contained (`DatabricksRegistry.contained`).
 
     `MlflowRegistry.call` still wraps each call (global URIs, generic error mapping)."""
 
-    def __init__(self, registry: DatabricksRegistry, client: Any) -> None:
+    def __init__(self, registry: DatabricksRegistry, client: Any, *, contain: bool = True) -> None:
         self._registry = registry
         self._client = client
+        self._contain = contain
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._client, name)
         if not callable(attribute):
             return attribute
         registry = self._registry
+        contain = self._contain
 
         def contained_call(*args: Any, **kwargs: Any) -> Any:
-            with registry.contained():
+            with registry.contained() if contain else nullcontext():
                 try:
                     return attribute(*args, **kwargs)
                 except Exception as exc:
@@ -460,8 +595,40 @@ class WorkspaceVersionSource:
         self._session: Any = None
         self._creds: Any = None
         self._warm = False
+        self._rest: DatabricksRestClient | None = None
+        self._route_chosen = False
+
+    def _rest_client(self) -> DatabricksRestClient | None:
+        with self._lock:
+            if not self._route_chosen:
+                self._rest = self.registry.rest_client()
+                self._route_chosen = True
+            return self._rest
 
     def _api(self, endpoint: str, params: dict[str, str], what: str) -> dict[str, Any]:
+        rest = self._rest_client()
+        if rest is not None:
+            return self._rest_api(rest, endpoint, params, what)
+        return self._mlflow_api(endpoint, params, what)
+
+    def _rest_api(self, rest: DatabricksRestClient, endpoint: str, params: dict[str, str],
+                  what: str) -> dict[str, Any]:
+        try:
+            return rest.get_json(endpoint, params)
+        except RestError as exc:
+            mapped = self.registry.translate(exc, what)
+            if mapped is not None:
+                raise mapped from exc
+            if exc.get_http_status_code() == 404:
+                detail = (redact_text(exc.message).strip().splitlines() or ["HTTP 404"])[0]
+                raise NotFound(f"{what}: {detail[:300]}",
+                               hint=f"check the model name and version in {self.registry.uri}") \
+                    from exc
+            from amlpromote.core.registry import translate_mlflow_error
+
+            raise translate_mlflow_error(exc, what, self.registry.uri) from exc
+
+    def _mlflow_api(self, endpoint: str, params: dict[str, str], what: str) -> dict[str, Any]:
         from mlflow.utils.databricks_utils import get_databricks_host_creds
         from mlflow.utils.rest_utils import http_request
 

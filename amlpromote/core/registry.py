@@ -1,9 +1,10 @@
 """One MLflow registry, bound to its URI, with no global MLflow state.
 
 Source and target are two `MlflowRegistry` objects, each with its own client. A plain MLflow
-server (`http(s)://`) and Azure ML (`azureml://`, with a bearer token) get `MlflowRestClient`,
-which speaks MLflow's REST API without importing mlflow (that import alone costs ~2 s); every
-other registry gets an `MlflowClient`. Where MLflow
+server (`http(s)://`), Azure ML (`azureml://`, with a bearer token) and a Databricks workspace
+registry reached with a personal access token get `MlflowRestClient`, which speaks MLflow's REST
+API without importing mlflow (that import alone costs ~2 s); every other registry gets an
+`MlflowClient`. Where MLflow
 itself reads the *global* tracking URI (the sqlalchemy and file registry stores resolve a
 `models:/` source through a fresh `MlflowClient()`), the call runs inside `mlflow_globals`, which
 points the globals at this registry for that call only and restores them under a lock.
@@ -259,6 +260,11 @@ class MlflowRegistry:
         if self.uri.scheme == "azureml":
             # Azure ML's MLflow API takes a bearer token and none of MLflow's own settings.
             return True
+        if self.uri.scheme == "databricks":
+            # A workspace registry with a personal access token (no other auth type).
+            from amlpromote.core.databricks import DatabricksRegistry
+
+            return DatabricksRegistry.of(self.uri).personal_access_token() is not None
         from amlpromote.core.mlflow_rest import rest_client_applies
 
         return rest_client_applies(self.uri.scheme)
@@ -268,7 +274,7 @@ class MlflowRegistry:
         if self.uri.scheme in ("databricks", "databricks-uc"):
             from amlpromote.core.databricks import DatabricksRegistry
 
-            return DatabricksRegistry.of(self.uri).client()
+            return DatabricksRegistry.of(self.uri).client(rest=self.uses_rest)
         if self.uri.scheme == "azureml":
             # azureml-mlflow's own credential chain ends in a browser prompt; this client
             # signs in with the credential chosen for this registry (core/azure.py).
