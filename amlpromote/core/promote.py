@@ -195,7 +195,8 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
                 f"{created.version}")
             target.delete_version(target_name, created.version)
             status = "unchanged"
-    aliases = _apply_aliases(target, request, version, winner, log)
+    aliases = _apply_aliases(target, request, version, winner, log,
+                             fresh=winner is created and status == "copied")
     return finish(status, manifest, winner.version, aliases, True if request.verify else None)
 
 
@@ -219,10 +220,15 @@ def _wanted_aliases(request: PromoteRequest, version: VersionInfo) -> list[str]:
 
 
 def _apply_aliases(target: PromotionTarget, request: PromoteRequest, version: VersionInfo,
-                   dest: VersionInfo, log: Log) -> list[str]:
-    for alias in _wanted_aliases(request, version):
+                   dest: VersionInfo, log: Log, fresh: bool = False) -> list[str]:
+    """Point the wanted aliases at `dest`; returns all of its aliases. A version this run just
+    created has no aliases but those set here, which spares reading it back."""
+    wanted = _wanted_aliases(request, version)
+    for alias in wanted:
         log(f"alias {alias} -> {dest.name} version {dest.version}")
         target.set_alias(dest.name, alias, dest.version)
+    if fresh and not wanted:
+        return []
     return target.version_aliases(dest.name, dest.version)
 
 

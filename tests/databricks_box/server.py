@@ -249,6 +249,10 @@ class DatabricksBox:
         self._faults: list[_Fault] = []
         self._records: deque[RecordedRequest] = deque(maxlen=_MAX_RECORDS)
         self._registry_ids: dict[str, tuple[str, str]] = {}
+        # What a signed URL was issued for. Cloud storage serves a signed URL without asking the
+        # registry again; re-resolving the version (two calls to the backing mlflow server) per
+        # download made the box, not the client, the bottleneck of every many-file copy.
+        self._signed_versions: dict[str, _VersionArtifacts] = {}
         self._open_sockets: set[socket.socket] = set()
         self._server: _BoxServer | None = None
         self._thread: threading.Thread | None = None
@@ -639,6 +643,8 @@ class DatabricksBox:
 
     def _signed_url(self, va: _VersionArtifacts, rel: str) -> str:
         blob_path = f"{_BLOB_PREFIX}{va.registry_id}/{rel}"
+        with self._lock:
+            self._signed_versions[va.registry_id] = va
         expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.signed_url_ttl)
         expiry = expires.strftime(_SAS_TIME_FORMAT)
         query = urlencode(
@@ -989,12 +995,12 @@ class _BoxHandler(BaseHTTPRequestHandler):
             if self.headers.get(name) != value:
                 raise _blob_error(400, "MissingRequiredHeader", f"Header {name} is required.")
         registry_id, _, rel = blob_path[len(_BLOB_PREFIX) :].partition("/")
+        with box._lock:
+            signed = box._signed_versions.get(registry_id)
+        if signed is None:
+            raise _blob_error(404, "BlobNotFound", "The specified blob does not exist.")
         try:
-            va = box._version_for_registry_id(registry_id)
-        except _ApiError:
-            raise _blob_error(404, "BlobNotFound", "The specified blob does not exist.") from None
-        try:
-            self._stream_file(box, va, _safe_rel(rel), content_type="application/octet-stream")
+            self._stream_file(box, signed, _safe_rel(rel), content_type="application/octet-stream")
         except _ApiError as err:
             if err.status == 404:
                 raise _blob_error(
