@@ -33,6 +33,7 @@ from azureml_box.testing import (
     BoxWorkspaces,
     EgressGuard,
 )
+from support.cli_imports import run_cli_reporting_imports
 from support.models import register_heart_model, register_raw_model
 from typer.testing import CliRunner
 
@@ -484,24 +485,12 @@ def test_a_promotion_into_a_workspace_never_imports_mlflow(
     # mlflow (or azureml-mlflow, which imports it) would cost seconds and ~200 MB per run.
     with contextlib.chdir(tmp_path):
         version = register_heart_model(mlflow_server.url, name=unique_model_name, alias=None)
-    script = (
-        "import sys\n"
-        "from amlpromote.cli.app import main\n"
-        "sys.argv = ['amlpromote', *sys.argv[1:]]\n"
-        "try:\n"
-        "    main()\n"
-        "finally:\n"
-        "    loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'\n"
-        "                    or m.startswith('azureml.mlflow'))\n"
-        "    sys.__stderr__.write(f'IMPORTED={loaded[:5]}\\n')\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", script, "copy-model", f"{unique_model_name}/{version}",
-         "--source", mlflow_server.url, "--target", ws_uri, "--verify", "-o", "json"],
-        env={**os.environ, **box_env}, capture_output=True, text=True, timeout=240, check=False)
+    run = run_cli_reporting_imports(
+        "copy-model", f"{unique_model_name}/{version}", "--source", mlflow_server.url,
+        "--target", ws_uri, "--verify", "-o", "json", env=box_env, timeout=240)
 
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "IMPORTED=[]" in run.stderr, run.stderr
+    assert not any(run.imported.values()), run.imported
     document = json.loads(run.stdout)
     assert document["target"]["version"] == "1"
     (registered,) = versions_in(azureml_box.workspace, unique_model_name)

@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from databricks_box import DatabricksBox
+from support.cli_imports import run_cli_reporting_imports
 from support.mlflow_server import MlflowServer
 from support.models import HEART_VERSION_DESCRIPTION, HEART_VERSION_TAGS, register_heart_model
 from typer.testing import CliRunner
@@ -63,17 +64,6 @@ frame = pandas.read_pickle(sys.argv[3])
 promoted = mlflow.pyfunc.load_model(sys.argv[1]).predict(frame)
 source = mlflow.pyfunc.load_model(sys.argv[2]).predict(frame)
 print(json.dumps([numpy.asarray(promoted).tolist(), numpy.asarray(source).tolist()]))
-"""
-# Runs the CLI like the console script does, then reports which heavy libraries were imported.
-CLI_REPORTING_IMPORTS = """
-import json, sys
-from amlpromote.cli.app import main
-sys.argv = ["amlpromote", *sys.argv[1:]]
-try:
-    main()
-finally:
-    loaded = {name: name in sys.modules for name in ("mlflow", "databricks.sdk")}
-    sys.__stderr__.write("IMPORTED=" + json.dumps(loaded) + "\\n")
 """
 
 
@@ -349,13 +339,11 @@ def test_a_token_profile_to_an_mlflow_server_imports_neither_mlflow_nor_the_sdk(
     args = ("copy-model", f"{heart.name}/{heart.version}", "--source", f"databricks://{PROFILE}",
             "--target", mlflow_server.tracking_uri, "--target-name", name, "--output", "json")
 
-    proc = subprocess.run([sys.executable, "-c", CLI_REPORTING_IMPORTS, *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=180, check=False)
+    proc = run_cli_reporting_imports(*args, env=env, inherit=False, cwd=cwd, timeout=180)
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert json.loads(last.removeprefix("IMPORTED=")) == {"mlflow": False,
-                                                          "databricks.sdk": False}, proc.stderr
+    assert proc.imported == {"mlflow": False, "databricks.sdk": False,
+                             "azureml.mlflow": False}, proc.stderr
     document = json.loads(proc.stdout)
     assert document["status"] == "copied"
     assert document["source"]["digest"] == heart.digest

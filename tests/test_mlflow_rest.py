@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from support.cli_imports import CliRun, run_cli_reporting_imports
 from support.flaky_proxy import FlakyProxy
 from support.mlflow_server import MlflowServer
 from support.models import register_heart_model
@@ -40,16 +39,6 @@ FLASK_404 = (
     b"<p>The requested URL was not found on the server.</p>\n"
 )
 LOGGED_MODELS = "/api/2.0/mlflow/logged-models"
-# Runs the CLI like the console script does, then reports whether mlflow was ever imported.
-CLI_REPORTING_IMPORTS = (
-    "import sys\n"
-    "from amlpromote.cli.app import main\n"
-    "sys.argv = ['amlpromote', *sys.argv[1:]]\n"
-    "try:\n"
-    "    main()\n"
-    "finally:\n"
-    "    sys.__stderr__.write(f\"MLFLOW_IMPORTED={'mlflow' in sys.modules}\\n\")\n"
-)
 
 
 @dataclass(frozen=True)
@@ -75,17 +64,8 @@ def mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-c", CLI_REPORTING_IMPORTS, *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def run_cli(*args: str, env: dict[str, str] | None = None) -> CliRun:
+    return run_cli_reporting_imports(*args, env=env)
 
 
 # -- a forwarding gateway: checks a bearer token, records requests, can play MLflow 2 -----------
@@ -190,7 +170,7 @@ def test_server_to_server_copy_never_imports_mlflow(
     for run, status in ((first, "copied"), (again, "unchanged")):
         assert run.returncode == 0, run.stdout + run.stderr
         assert json.loads(run.stdout)["status"] == status
-        assert run.stderr.strip().splitlines()[-1] == "MLFLOW_IMPORTED=False", run.stderr
+        assert run.imported["mlflow"] is False, run.stderr
     document = json.loads(first.stdout)
     assert document["verified"] is True
     # What MLflow itself reads back from the target: a version of a READY LoggedModel.
@@ -384,7 +364,7 @@ def test_tracking_token_is_sent_and_never_shown(
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stderr.startswith("debug: ")
     assert TOKEN not in run.stdout + run.stderr
-    assert run.stderr.strip().splitlines()[-1] == "MLFLOW_IMPORTED=False"
+    assert run.imported["mlflow"] is False
     # Every request on both sides, REST calls and artifact transfers alike, carried the token.
     for gateway in (source_gateway, target_gateway):
         assert gateway.seen, "the gateway saw no request"

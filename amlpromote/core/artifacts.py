@@ -349,18 +349,21 @@ class ProxiedSource:
         response = self.session.request("GET", self._url(path), f"downloading {path}",
                                         stream=True)
         try:
-            yield _response_chunks(response, path)
+            yield response_chunks(response, path)
         finally:
             response.close()
 
 
-def _response_chunks(response: Any, path: str) -> Chunks:
+def response_chunks(response: Any, path: str) -> Chunks:
+    """The body of a streamed download; a connection dropped midway is worth another try."""
     import requests
 
     try:
         yield from response.iter_content(chunk_size=HTTP_CHUNK)
-    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-        raise TransientError(f"downloading {path}: connection dropped midway") from exc
+    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
+        # Not chained: the library's error names the URL, which for signed URLs (Azure SAS,
+        # Databricks) carries the signature.
+        raise TransientError(f"downloading {path}: connection dropped midway") from None
 
 
 class StreamingBody:

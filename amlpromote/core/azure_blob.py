@@ -39,10 +39,10 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from amlpromote.core.artifacts import (
-    HTTP_CHUNK,
     ArtifactFile,
     Chunks,
     StreamingBody,
+    response_chunks,
     safe_relative_path,
 )
 from amlpromote.core.azure import AzureMlConnection, connection_of
@@ -330,18 +330,9 @@ class AzureArtifactSource:
         url = self._urls.get(rel) or self.service.content_uri(self.folder, rel)
         response = self.service.request("GET", url, f"downloading {rel}", stream=True)
         try:
-            yield _response_chunks(response, rel)
+            yield response_chunks(response, rel)
         finally:
             response.close()
-
-
-def _response_chunks(response: Any, rel: str) -> Chunks:
-    import requests
-
-    try:
-        yield from response.iter_content(chunk_size=HTTP_CHUNK)
-    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
-        raise TransientError(f"downloading {rel}: connection dropped midway") from None
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -624,7 +615,7 @@ class ContainerSource:
         response = self.service.request("GET", self.folder.blob_url(rel), f"downloading {rel}",
                                         stream=True)
         try:
-            yield _response_chunks(response, rel)
+            yield response_chunks(response, rel)
         finally:
             response.close()
 

@@ -43,11 +43,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from amlpromote.core.artifacts import (
-    HTTP_CHUNK,
     ArtifactFile,
     ArtifactSource,
     Chunks,
     RepositorySource,
+    response_chunks,
     safe_relative_path,
 )
 from amlpromote.core.errors import (
@@ -573,15 +573,6 @@ class DatabricksClient:
         return contained_call
 
 
-def _response_chunks(response: Any, path: str) -> Chunks:
-    import requests
-
-    try:
-        yield from response.iter_content(chunk_size=HTTP_CHUNK)
-    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-        raise TransientError(f"downloading {path}: connection dropped midway") from exc
-
-
 class WorkspaceVersionSource:
     """The files of one workspace-registry version, listed by the registry and streamed from
     the signed URLs it hands out (byte-exact, nothing staged on disk)."""
@@ -751,7 +742,7 @@ class WorkspaceVersionSource:
             if status >= 400:
                 raise OperationFailed(f"downloading {rel}: HTTP {status}",
                                       hint="see the storage's error; run again with --verbose")
-            yield _response_chunks(response, rel)
+            yield response_chunks(response, rel)
         finally:
             response.close()
 
