@@ -58,7 +58,7 @@ from amlpromote.core.errors import (
     OperationFailed,
     Unreachable,
 )
-from amlpromote.core.mlflow_rest import MlflowRestClient, RestError, _ApiSession
+from amlpromote.core.mlflow_rest import MlflowRestClient, RestError
 from amlpromote.core.refs import ModelRef
 from amlpromote.core.retry import (
     RETRYABLE_STATUS,
@@ -514,10 +514,10 @@ class DatabricksRestClient(MlflowRestClient):
 
     def __init__(self, host: str, token: str, *, retry_seconds: float) -> None:
         bearer = f"Bearer {token}"
-        super().__init__(host, auth_header=lambda: bearer)
-        # Every transfer worker asks for its signed URLs through this session: a pool smaller
+        # Every transfer worker asks for its signed URLs through this client: a pool smaller
         # than the workers would make urllib3 warn "Connection pool is full" on stderr.
-        self._http = _ApiSession(self.endpoint, pool_size=max(16, default_workers()))
+        super().__init__(host, auth_header=lambda: bearer,
+                         pool_size=max(16, default_workers()))
         self.retry_seconds = retry_seconds
         # Transfer workers share the client; each call's retry window is its own.
         self._calls = threading.local()

@@ -322,11 +322,12 @@ class MlflowRestClient:
     """The subset of `mlflow.MlflowClient` that amlpromote uses, for one MLflow server."""
 
     def __init__(self, tracking_uri: str, *,
-                 auth_header: Callable[[], str] | None = None) -> None:
+                 auth_header: Callable[[], str] | None = None, pool_size: int = 4) -> None:
         """`auth_header`, when given, is the whole authorization of every call (a service that
         takes short-lived bearer tokens, e.g. Azure ML): its value is sent as `Authorization`,
         asked for anew on each call so a token can be refreshed, and the MLFLOW_TRACKING_*
-        credentials and TLS settings, which belong to the user's MLflow server, are not used."""
+        credentials and TLS settings, which belong to the user's MLflow server, are not used.
+        `pool_size`: connections kept open, at least the threads that share this client."""
         if auth_header is None:
             self.endpoint = HttpEndpoint.for_tracking_uri(tracking_uri)
         else:
@@ -334,7 +335,7 @@ class MlflowRestClient:
                                          None, {}, True, None)
         self._auth_header = auth_header
         self.settings = RetrySettings.from_env()
-        self._http = _ApiSession(self.endpoint, pool_size=4)
+        self._http = _ApiSession(self.endpoint, pool_size=pool_size)
         self._headers = {"User-Agent": f"amlpromote/{__version__}"}
         workspace = os.environ.get("MLFLOW_WORKSPACE", "").strip()
         if workspace:
