@@ -32,12 +32,11 @@ from azureml_box.testing import (
     WORKSPACE,
     BoxWorkspaces,
     EgressGuard,
+    assert_no_secrets,
 )
-from support.cli_imports import run_cli_reporting_imports
-from support.models import register_heart_model, register_raw_model
-from typer.testing import CliRunner
+from support.cli import Run, cli, run_cli_reporting_imports
+from support.models import register_heart_model, register_raw_model, sha256_tree, stored_folder
 
-from amlpromote.cli.app import app
 from amlpromote.core import lineage
 from amlpromote.core.lineage import AZURE_ML_TAG_LIMITS
 
@@ -91,28 +90,6 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def document(self) -> dict[str, Any]:
-        return json.loads(self.stdout)
-
-    @property
-    def text(self) -> str:
-        return self.stdout + self.stderr
-
-
-def cli(*args: str) -> Run:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"the CLI raised {result.exception!r}") from result.exception
-    return Run(result.exit_code, result.stdout, result.stderr)
-
-
 def copy(source: Source, ref: str, target: str, name: str, *extra: str) -> Run:
     return cli("copy-model", ref, "--source", source.uri, "--target", target,
                "--target-name", name, "-o", "json", *extra)
@@ -135,35 +112,11 @@ def run_of(version: Any) -> str:
     return found.group(1)
 
 
-def sha256_tree(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def source_files(source: Source, name: str) -> Path:
-    """The folder that holds the source version's stored files (local artifacts)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=source.uri, registry_uri=source.uri)
-    location = client.get_model_version_download_uri(name, "1")
-    if location.startswith("models:/m-"):
-        location = client.get_logged_model(location.removeprefix("models:/")).artifact_location
-    assert location.startswith("file://"), location
-    return Path(location.removeprefix("file://"))
-
-
 def blob_files(box: BoxWorkspaces, run_id: str) -> dict[str, str]:
     """sha256 by relative path of every blob Azurite holds for the run's model folder."""
     prefix = f"ExperimentRun/dcid.{run_id}/model/"
     return {name[len(prefix):]: hashlib.sha256(box.box.read_blob(box.workspace, name)).hexdigest()
             for name in box.box.blob_names(box.workspace, prefix=prefix)}
-
-
-def assert_no_secrets(text: str, env: dict[str, str]) -> None:
-    leak = re.search(r"sig=(?!REDACTED)[^&\s\"']+", text)
-    assert not leak, f"a SAS signature leaked: {text[max(0, leak.start() - 300):leak.end()]}"
-    assert env["IDENTITY_HEADER"] not in text
-    assert not re.search(r"\beyJ[A-Za-z0-9_-]{5,}\.", text), "a token leaked"
 
 
 def concurrency(records: list[Any]) -> int:
@@ -204,13 +157,13 @@ def test_heart_model_lands_byte_exact_as_an_mlflow_model_and_loads_back(
     box = azureml_box.box
     run = copy(source, f"{HEART}/1", ws_uri, unique_model_name, "-v")
 
-    assert run.code == 0, run.text
+    assert run.code == 0, run.both
     document = run.document
     assert document["status"] == "copied"
     assert document["target"]["version"] == "1"
-    assert_no_secrets(run.text, box_env)
+    assert_no_secrets(run.both, box_env)
     (version,) = versions_in(azureml_box.workspace, unique_model_name)
-    expected = sha256_tree(source_files(source, HEART))
+    expected = sha256_tree(stored_folder(source.uri, HEART))
     assert blob_files(azureml_box, run_of(version)) == expected
     assert document["files"] == len(expected)
     # Staged through a run on purpose: no LoggedModel endpoint was even tried.
@@ -239,12 +192,12 @@ def test_heart_model_lands_byte_exact_as_an_mlflow_model_and_loads_back(
         timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     predicted = json.loads(proc.stdout.strip().splitlines()[-1])
-    local = mlflow.pyfunc.load_model(str(source_files(source, HEART)))
+    local = mlflow.pyfunc.load_model(str(stored_folder(source.uri, HEART)))
     assert predicted == local.predict(frame).tolist()
 
     # A re-run finds it (same source, same digest) and verifies it.
     again = copy(source, f"{HEART}/1", ws_uri, unique_model_name, "--verify")
-    assert again.code == 0, again.text
+    assert again.code == 0, again.both
     assert again.document["status"] == "unchanged"
     assert again.document["verified"] is True
     assert len(versions_in(azureml_box.workspace, unique_model_name)) == 1
@@ -264,10 +217,10 @@ def test_a_large_file_goes_up_in_parallel_blocks(
     finally:
         box.inspect_blobs = False
 
-    assert run.code == 0, run.text
+    assert run.code == 0, run.both
     assert run.document["verified"] is True
     (version,) = versions_in(azureml_box.workspace, unique_model_name)
-    assert blob_files(azureml_box, run_of(version)) == sha256_tree(source_files(source, BIG))
+    assert blob_files(azureml_box, run_of(version)) == sha256_tree(stored_folder(source.uri, BIG))
     blob = f"ExperimentRun/dcid.{run_of(version)}/model/data/big.bin"
     container = box._blob_service_client().get_container_client(
         azureml_box.workspace.blob_container)
@@ -307,7 +260,7 @@ def test_throttling_is_retried_after_retry_after(
     # One file at a time, so each retry follows the request it repeats.
     run = copy(source, f"{HEART}/1", ws_uri, unique_model_name, "--parallel", "1")
 
-    assert run.code == 0, run.text
+    assert run.code == 0, run.both
     assert run.document["status"] == "copied"
     posts = [r for r in box.requests_for("artifact") if r.method == "POST"]
     assert posts[0].status == 429 and posts[1].status == 200
@@ -331,9 +284,9 @@ def test_a_dropped_upload_registers_nothing_and_a_rerun_completes(
 
     failed = copy(source, f"{BIG}/1", ws_uri, unique_model_name, "-v")
 
-    assert failed.code == 1, failed.text
+    assert failed.code == 1, failed.both
     assert "big.bin" in failed.stderr
-    assert_no_secrets(failed.text, box_env)
+    assert_no_secrets(failed.both, box_env)
     assert [r for r in box.requests_for("blob") if r.fault == "drop"]
     assert versions_in(azureml_box.workspace, unique_model_name) == []
     staging = backend_client(azureml_box.workspace).search_runs(
@@ -343,10 +296,10 @@ def test_a_dropped_upload_registers_nothing_and_a_rerun_completes(
 
     box.clear_faults()
     again = copy(source, f"{BIG}/1", ws_uri, unique_model_name)
-    assert again.code == 0, again.text
+    assert again.code == 0, again.both
     assert again.document["status"] == "copied"
     (version,) = versions_in(azureml_box.workspace, unique_model_name)
-    assert blob_files(azureml_box, run_of(version)) == sha256_tree(source_files(source, BIG))
+    assert blob_files(azureml_box, run_of(version)) == sha256_tree(stored_folder(source.uri, BIG))
 
 
 def test_concurrent_promotions_end_with_one_version(
@@ -391,14 +344,14 @@ def test_no_token_is_an_auth_failure_naming_the_identity(
 
     run = copy(source, f"{HEART}/1", ws_uri, unique_model_name)
 
-    assert run.code == 4, run.text
-    assert "Traceback" not in run.text
+    assert run.code == 4, run.both
+    assert "Traceback" not in run.both
     run = copy(source, f"{HEART}/1", ws_uri, unique_model_name, "-v")
-    assert run.code == 4, run.text
+    assert run.code == 4, run.both
     assert "DefaultAzureCredential" in run.stderr and "X-IDENTITY-HEADER" in run.stderr
     assert "az login" in run.stderr  # the hint names what to do
-    assert "not-the-box-header-0123456789" not in run.text
-    assert_no_secrets(run.text, box_env)
+    assert "not-the-box-header-0123456789" not in run.both
+    assert_no_secrets(run.both, box_env)
     # Never a browser or a device-code prompt: nothing but the token endpoint was tried.
     assert azureml_box.box.blocked_egress == []
     assert versions_in(azureml_box.workspace, unique_model_name) == []
@@ -413,14 +366,14 @@ def test_an_identity_of_another_tenant_is_refused(
     monkeypatch.setenv("AZURE_CLIENT_ID", stranger.client_id)
 
     run = copy(source, f"{HEART}/1", ws_uri, unique_model_name)
-    assert run.code == 4, run.text
+    assert run.code == 4, run.both
     assert "InvalidAuthenticationTokenTenant" in run.stderr
 
     # Through discovery (--workspace), Azure Resource Manager says the same.
     run = cli("copy-model", f"{HEART}/1", "--source", source.uri, "--workspace", WORKSPACE,
               "--resource-group", RESOURCE_GROUP, "--subscription", SUBSCRIPTION,
               "--target-name", unique_model_name, "-o", "json")
-    assert run.code == 4, run.text
+    assert run.code == 4, run.both
     assert "tenant" in run.stderr
     assert versions_in(azureml_box.workspace, unique_model_name) == []
 
@@ -430,19 +383,19 @@ def test_a_forbidden_workspace_is_exit_4_and_a_missing_one_exit_3(
     unique_model_name: str,
 ) -> None:
     forbidden = copy(source, f"{HEART}/1", azureml_box.forbidden.mlflow_uri, unique_model_name)
-    assert forbidden.code == 4, forbidden.text
+    assert forbidden.code == 4, forbidden.both
     assert "AuthorizationFailed" in forbidden.stderr
 
     missing_uri = azureml_box.workspace.mlflow_uri.replace(f"/workspaces/{WORKSPACE}",
                                                            "/workspaces/no-such-ws")
     missing = copy(source, f"{HEART}/1", missing_uri, unique_model_name)
-    assert missing.code == 3, missing.text
+    assert missing.code == 3, missing.both
     assert "no-such-ws" in missing.stderr
 
     by_name = cli("copy-model", f"{HEART}/1", "--source", source.uri, "--workspace",
                   "no-such-ws", "--resource-group", RESOURCE_GROUP, "--subscription",
                   SUBSCRIPTION, "--credential", "managed-identity", "-o", "json")
-    assert by_name.code == 3, by_name.text
+    assert by_name.code == 3, by_name.both
     assert "no-such-ws" in by_name.stderr and RESOURCE_GROUP in by_name.stderr
     assert azureml_box.box.blocked_egress == []
 
@@ -489,7 +442,7 @@ def test_a_promotion_into_a_workspace_never_imports_mlflow(
         "copy-model", f"{unique_model_name}/{version}", "--source", mlflow_server.url,
         "--target", ws_uri, "--verify", "-o", "json", env=box_env, timeout=240)
 
-    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.code == 0, run.stdout + run.stderr
     assert not any(run.imported.values()), run.imported
     document = json.loads(run.stdout)
     assert document["target"]["version"] == "1"
@@ -549,7 +502,7 @@ def test_tags_stay_within_azure_ml_limits_and_say_what_was_left_out(
 ) -> None:
     run = copy(source, f"{TAGGED}/1", ws_uri, unique_model_name)
 
-    assert run.code == 0, run.text
+    assert run.code == 0, run.both
     (version,) = versions_in(azureml_box.workspace, unique_model_name)
     tags = dict(version.tags)
     limits = AZURE_ML_TAG_LIMITS

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import threading
@@ -20,11 +19,17 @@ from typing import Any
 
 import pytest
 from azureml_box import AzureMLResource
-from azureml_box.testing import REGISTRY, RESOURCE_GROUP, SUBSCRIPTION, BoxWorkspaces, EgressGuard
-from support.models import register_heart_model, register_raw_model
-from typer.testing import CliRunner
+from azureml_box.testing import (
+    REGISTRY,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    BoxWorkspaces,
+    EgressGuard,
+    assert_no_secrets,
+)
+from support.cli import Run, cli
+from support.models import register_heart_model, register_raw_model, sha256_tree, stored_folder
 
-from amlpromote.cli.app import app
 from amlpromote.core import lineage
 
 pytest_plugins = ["azureml_box.fixtures"]
@@ -67,28 +72,6 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMLPROMOTE_RETRIES", "1")
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def document(self) -> dict[str, Any]:
-        return json.loads(self.stdout)
-
-    @property
-    def text(self) -> str:
-        return self.stdout + self.stderr
-
-
-def cli(*args: str) -> Run:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"the CLI raised {result.exception!r}") from result.exception
-    return Run(result.exit_code, result.stdout, result.stderr)
-
-
 def copy(source: Source, ref: str, name: str, *extra: str, registry: str = REGISTRY) -> Run:
     return cli("copy-model", ref, "--source", source.uri, "--registry", registry,
                "--credential", "managed-identity", "--target-name", name, "-o", "json", *extra)
@@ -100,26 +83,6 @@ def versions(box: BoxWorkspaces, name: str) -> list[dict[str, Any]]:
 
 def sha256_files(files: dict[str, bytes]) -> dict[str, str]:
     return {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
-
-
-def source_files(source: Source, name: str) -> dict[str, str]:
-    """sha256 by relative path of the source version's stored files."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=source.uri, registry_uri=source.uri)
-    location = client.get_model_version_download_uri(name, "1")
-    if location.startswith("models:/m-"):
-        location = client.get_logged_model(location.removeprefix("models:/")).artifact_location
-    folder = Path(location.removeprefix("file://"))
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_no_secrets(text: str, env: dict[str, str]) -> None:
-    leak = re.search(r"sig=(?!REDACTED)[^&\s\"']+", text)
-    assert not leak, f"a SAS signature leaked: {text[max(0, leak.start() - 300):leak.end()]}"
-    assert env["IDENTITY_HEADER"] not in text
-    assert not re.search(r"\beyJ[A-Za-z0-9_-]{5,}\.", text), "a token leaked"
 
 
 def arm_calls(box: BoxWorkspaces, pattern: str, method: str | None = None) -> list[Any]:
@@ -139,16 +102,16 @@ def test_heart_model_lands_byte_exact_as_an_mlflow_model_and_reruns_unchanged(
 
     run = copy(source, f"{HEART}/1", unique_model_name, "-v")
 
-    assert run.code == 0, run.text
+    assert run.code == 0, run.both
     document = run.document
     assert document["status"] == "copied"
     assert document["target"]["version"] == "1"
     assert document["target"]["aliases"] == []
-    assert_no_secrets(run.text, box_env)
+    assert_no_secrets(run.both, box_env)
     (version,) = versions(azureml_box, unique_model_name)
     model_uri = version["properties"]["modelUri"]
     assert version["properties"]["provisioningState"] == "Succeeded"
-    expected = source_files(source, HEART)
+    expected = sha256_tree(stored_folder(source.uri, HEART))
     assert sha256_files(azureml_box.box.model_uri_files(model_uri)) == expected
     assert document["files"] == len(expected)
     # Created as a long-running operation, which the product followed to its end.
@@ -169,14 +132,14 @@ def test_heart_model_lands_byte_exact_as_an_mlflow_model_and_reruns_unchanged(
     # A re-run finds it (same source, same digest), reads its files back and verifies them.
     azureml_box.box.clear_requests()
     again = copy(source, f"{HEART}/1", unique_model_name, "--verify")
-    assert again.code == 0, again.text
+    assert again.code == 0, again.both
     assert again.document["status"] == "unchanged"
     assert again.document["target"]["version"] == "1"
     assert again.document["verified"] is True
     assert len(versions(azureml_box, unique_model_name)) == 1
     assert arm_calls(azureml_box, r"/datareferences/", "POST")
     assert not arm_calls(azureml_box, r"/startPendingUpload$")
-    assert_no_secrets(again.text, box_env)
+    assert_no_secrets(again.both, box_env)
 
 
 def test_throttling_is_retried_after_retry_after_and_verify_reads_the_staged_files(
@@ -191,7 +154,7 @@ def test_throttling_is_retried_after_retry_after_and_verify_reads_the_staged_fil
 
     run = copy(source, f"{HEART}/1", unique_model_name, "--verify")
 
-    assert run.code == 0, run.text
+    assert run.code == 0, run.both
     assert run.document["status"] == "copied" and run.document["verified"] is True
     for pattern, method in ((r"/startPendingUpload$", "POST"), (r"/versions/1$", "PUT")):
         first, second = arm_calls(azureml_box, pattern, method)[:2]
@@ -209,9 +172,9 @@ def test_aliases_are_refused_up_front(
 ) -> None:
     for flags in (("--alias", "staging"), ("--copy-aliases",)):
         run = copy(source, f"{HEART}@champion", unique_model_name, *flags)
-        assert run.code == 2, run.text
+        assert run.code == 2, run.both
         assert "aliases" in run.stderr and "--alias" in run.stderr
-        assert "Traceback" not in run.text
+        assert "Traceback" not in run.both
     assert not arm_calls(azureml_box, r"/startPendingUpload$")
     assert not azureml_box.box.requests_for("blob")
     assert versions(azureml_box, unique_model_name) == []
@@ -223,26 +186,26 @@ def test_a_forbidden_registry_is_exit_4_and_an_unknown_one_exit_3(
 ) -> None:
     # By name (discovery refuses), and by its URI (Azure Resource Manager refuses).
     by_name = copy(source, f"{HEART}/1", unique_model_name, registry=FORBIDDEN_REGISTRY)
-    assert by_name.code == 4, by_name.text
+    assert by_name.code == 4, by_name.both
     by_uri = cli("copy-model", f"{HEART}/1", "--source", source.uri, "--target",
                  forbidden_registry.mlflow_uri, "--credential", "managed-identity",
                  "--target-name", unique_model_name, "-o", "json")
-    assert by_uri.code == 4, by_uri.text
+    assert by_uri.code == 4, by_uri.both
     assert FORBIDDEN_REGISTRY in by_uri.stderr and "managed identity" in by_uri.stderr
     assert "AuthorizationFailed" in by_uri.stderr
     assert not arm_calls(azureml_box, r"/startPendingUpload$")
 
     missing = copy(source, f"{HEART}/1", unique_model_name, registry="no-such-registry")
-    assert missing.code == 3, missing.text
+    assert missing.code == 3, missing.both
     assert "no-such-registry" in missing.stderr
     missing_uri = azureml_box.registry.mlflow_uri.replace(f"/registries/{REGISTRY}",
                                                           "/registries/no-such-registry")
     by_uri = cli("copy-model", f"{HEART}/1", "--source", source.uri, "--target", missing_uri,
                  "--credential", "managed-identity", "--target-name", unique_model_name,
                  "-o", "json")
-    assert by_uri.code == 3, by_uri.text
+    assert by_uri.code == 3, by_uri.both
     assert "no-such-registry" in by_uri.stderr and "not found" in by_uri.stderr
-    assert "Traceback" not in by_uri.text
+    assert "Traceback" not in by_uri.both
     assert azureml_box.box.blocked_egress == []
 
 
@@ -260,21 +223,21 @@ def test_a_dropped_upload_registers_nothing_and_a_rerun_makes_one_version(
 
     failed = copy(source, f"{BIG}/1", unique_model_name, "-v")
 
-    assert failed.code == 1, failed.text
+    assert failed.code == 1, failed.both
     assert "big.bin" in failed.stderr
-    assert_no_secrets(failed.text, box_env)
+    assert_no_secrets(failed.both, box_env)
     assert [r for r in box.requests_for("blob") if r.fault == "drop"]
     assert versions(azureml_box, unique_model_name) == []
     assert not arm_calls(azureml_box, r"/versions/\d+$", "PUT")
 
     box.clear_faults()
     again = copy(source, f"{BIG}/1", unique_model_name)
-    assert again.code == 0, again.text
+    assert again.code == 0, again.both
     assert again.document["status"] == "copied"
     (version,) = versions(azureml_box, unique_model_name)
     assert version["name"] == "1"
     files = box.model_uri_files(version["properties"]["modelUri"])
-    assert sha256_files(files) == source_files(source, BIG)
+    assert sha256_files(files) == sha256_tree(stored_folder(source.uri, BIG))
 
 
 def test_concurrent_promotions_end_with_one_version(

@@ -32,12 +32,15 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from databricks_box import DatabricksBox
-from support.cli_imports import run_cli_reporting_imports
+from support.cli import Run, cli, run_cli_reporting_imports
 from support.mlflow_server import MlflowServer
-from support.models import HEART_VERSION_DESCRIPTION, HEART_VERSION_TAGS, register_heart_model
-from typer.testing import CliRunner
+from support.models import (
+    HEART_VERSION_DESCRIPTION,
+    HEART_VERSION_TAGS,
+    register_heart_model,
+    sha256_tree,
+)
 
-from amlpromote.cli.app import app
 from amlpromote.core.databricks import (
     DEFAULT_RETRY_TIMEOUT_SECONDS,
     RETRY_TIMEOUT_ENV,
@@ -68,14 +71,6 @@ print(json.dumps([numpy.asarray(promoted).tolist(), numpy.asarray(source).tolist
 
 
 # -- reading registries independently of the product ------------------------------------------
-
-
-def sha256_tree(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def digest_of(hashes: Mapping[str, str]) -> str:
@@ -109,26 +104,6 @@ def versions_of(registry_uri: str, name: str) -> list[str]:
 
 
 # -- the CLI ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-    seconds: float = 0.0
-
-    @property
-    def both(self) -> str:
-        return self.stdout + self.stderr
-
-
-def cli(*args: str, env: Mapping[str, str] | None = None) -> Run:
-    """`amlpromote ARGS` in this process."""
-    result = CliRunner().invoke(app, list(args), env=dict(env or {}))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"the CLI raised {result.exception!r}") from result.exception
-    return Run(result.exit_code, result.stdout, result.stderr)
 
 
 def cli_process(*args: str, env: Mapping[str, str], cwd: Path, timeout: float = 180) -> Run:
@@ -341,7 +316,7 @@ def test_a_token_profile_to_an_mlflow_server_imports_neither_mlflow_nor_the_sdk(
 
     proc = run_cli_reporting_imports(*args, env=env, inherit=False, cwd=cwd, timeout=180)
 
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.code == 0, proc.stdout + proc.stderr
     assert proc.imported == {"mlflow": False, "databricks.sdk": False,
                              "azureml.mlflow": False}, proc.stderr
     document = json.loads(proc.stdout)

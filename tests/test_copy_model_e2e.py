@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from support import FreshStores
+from support.cli import cli
 from support.flaky_proxy import FlakyProxy
 from support.mlflow_server import MlflowServer
 from support.models import (
@@ -43,11 +44,10 @@ from support.models import (
     HEART_VERSION_TAGS,
     register_heart_model,
     register_raw_model,
+    sha256_tree,
 )
-from typer.testing import CliRunner
 
 from amlpromote import __version__
-from amlpromote.cli.app import app
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,20 +108,6 @@ def mlflow_client(uri: str) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def sha256_tree(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder`, by POSIX relative path."""
-    assert folder.is_dir(), f"no folder {folder}"
-    hashes: dict[str, str] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                    digest.update(block)
-            hashes[path.relative_to(folder).as_posix()] = digest.hexdigest()
-    return hashes
 
 
 def version_folder(registry_uri: str, name: str, version: str, scratch: Path) -> Path:
@@ -191,25 +177,6 @@ def registered_models(registry_uri: str) -> list[str]:
 
 
 # -- running the CLI ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def both(self) -> str:
-        return self.stdout + self.stderr
-
-
-def cli(*args: str, env: Mapping[str, str] | None = None) -> Run:
-    """`amlpromote ARGS` in this process."""
-    result = CliRunner().invoke(app, list(args), env=dict(env or {}))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"the CLI raised {result.exception!r}") from result.exception
-    return Run(result.exit_code, result.stdout, result.stderr)
 
 
 def check_document(document: dict[str, Any]) -> dict[str, Any]:

@@ -33,12 +33,11 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from support import FreshStores, free_port
+from support.cli import Run, cli
 from support.flaky_proxy import FlakyProxy
 from support.mlflow_server import MlflowServer
 from support.models import register_heart_model, register_raw_model
-from typer.testing import CliRunner
 
-from amlpromote.cli.app import app
 from amlpromote.core.artifacts import LocalSink, safe_relative_path
 from amlpromote.core.errors import BadInput
 
@@ -173,29 +172,6 @@ def assert_nothing_registered(uri: str, name: str | None = None) -> None:
 
 
 # -- running the CLI --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def both(self) -> str:
-        return self.stdout + self.stderr
-
-
-def cli(*args: str, env: Mapping[str, str] | None = None) -> Run:
-    """Run the CLI in-process."""
-    started = time.monotonic()
-    result = CliRunner().invoke(app, list(args), env=dict(env or {}))
-    seconds = time.monotonic() - started
-    # CliRunner swallows exceptions; anything but typer's SystemExit escaped the CLI's handling.
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"the CLI raised {result.exception!r}") from result.exception
-    return Run(result.exit_code, result.stdout, result.stderr, seconds)
 
 
 def cli_process(

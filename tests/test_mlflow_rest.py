@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from support.cli_imports import CliRun, run_cli_reporting_imports
+from support.cli import run_cli_reporting_imports as run_cli
 from support.flaky_proxy import FlakyProxy
 from support.mlflow_server import MlflowServer
 from support.models import register_heart_model
@@ -62,10 +62,6 @@ def mlflow_client(uri: str) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> CliRun:
-    return run_cli_reporting_imports(*args, env=env)
 
 
 # -- a forwarding gateway: checks a bearer token, records requests, can play MLflow 2 -----------
@@ -168,7 +164,7 @@ def test_server_to_server_copy_never_imports_mlflow(
     again = run_cli(*args)
 
     for run, status in ((first, "copied"), (again, "unchanged")):
-        assert run.returncode == 0, run.stdout + run.stderr
+        assert run.code == 0, run.stdout + run.stderr
         assert json.loads(run.stdout)["status"] == status
         assert run.imported["mlflow"] is False, run.stderr
     document = json.loads(first.stdout)
@@ -361,7 +357,7 @@ def test_tracking_token_is_sent_and_never_shown(
                   "--target-name", unique_model_name, "--verbose",
                   env={"MLFLOW_TRACKING_TOKEN": TOKEN})  # fmt: skip
 
-    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.code == 0, run.stdout + run.stderr
     assert run.stderr.startswith("debug: ")
     assert TOKEN not in run.stdout + run.stderr
     assert run.imported["mlflow"] is False
@@ -390,9 +386,9 @@ def test_mlflow2_target_falls_back_to_a_run(
     first = run_cli(*args)
     again = run_cli(*args)
 
-    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.code == 0, first.stdout + first.stderr
     assert json.loads(first.stdout)["status"] == "copied"
-    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.code == 0, again.stdout + again.stderr
     assert json.loads(again.stdout)["status"] == "unchanged"
     assert ("POST", LOGGED_MODELS, "") in target.seen, "the LoggedModel API was never tried"
     client = mlflow_client(mlflow_server_b.url)

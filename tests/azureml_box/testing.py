@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,3 +64,11 @@ def mlflow_global_uris(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         yield
+
+
+def assert_no_secrets(text: str, env: dict[str, str]) -> None:
+    """No SAS signature, managed-identity header or bearer token (a JWT) in `text`."""
+    leak = re.search(r"sig=(?!REDACTED)[^&\s\"']+", text)
+    assert not leak, f"a SAS signature leaked: {text[max(0, leak.start() - 300):leak.end()]}"
+    assert env["IDENTITY_HEADER"] not in text
+    assert not re.search(r"\beyJ[A-Za-z0-9_-]{5,}\.", text), "a token leaked"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import shutil
 import tempfile
@@ -290,3 +291,29 @@ def register_raw_model(
         if alias:
             client.set_registered_model_alias(name, alias, version)
         return version
+
+
+def sha256_tree(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by POSIX relative path."""
+    assert folder.is_dir(), f"no folder {folder}"
+    hashes: dict[str, str] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                    digest.update(block)
+            hashes[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    return hashes
+
+
+def stored_folder(registry_uri: str, name: str, version: str = "1") -> Path:
+    """The local folder that holds a version's stored files (a store with local artifacts)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+    location = client.get_model_version_download_uri(name, version)
+    if location.startswith("models:/m-"):
+        location = client.get_logged_model(location.removeprefix("models:/")).artifact_location
+    assert location.startswith("file://"), location
+    return Path(location.removeprefix("file://"))
