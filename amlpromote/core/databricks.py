@@ -391,11 +391,14 @@ class DatabricksRegistry:
         where = f"{self.profile}@databricks" if self.profile else "databricks"
         return f"models://{where}/{name}/{version}"
 
-    def artifact_source(self, uri: str) -> ArtifactSource:
+    def artifact_source(self, uri: str, rest: DatabricksRestClient | None = None) \
+            -> ArtifactSource:
+        """The files of a `models:` URI; a workspace registry's through `rest` when the
+        registry is reached over REST (the registry calls' own client and session)."""
         name, version = _name_and_version(uri)
         if self.unity_catalog:
             return UnityCatalogVersionSource(self, uri, name, version)
-        return WorkspaceVersionSource(self, name, version)
+        return WorkspaceVersionSource(self, name, version, rest)
 
     def repository(self, uri: str) -> Any:
         """MLflow's artifact repository for `uri`, bound to this registry's URIs."""
@@ -553,6 +556,11 @@ class DatabricksClient:
         self._client = client
         self._contain = contain
 
+    @property
+    def rest(self) -> DatabricksRestClient | None:
+        """The REST client behind this one, if the registry is reached over REST."""
+        return self._client if isinstance(self._client, DatabricksRestClient) else None
+
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._client, name)
         if not callable(attribute):
@@ -577,7 +585,8 @@ class WorkspaceVersionSource:
     """The files of one workspace-registry version, listed by the registry and streamed from
     the signed URLs it hands out (byte-exact, nothing staged on disk)."""
 
-    def __init__(self, registry: DatabricksRegistry, name: str, version: str) -> None:
+    def __init__(self, registry: DatabricksRegistry, name: str, version: str,
+                 rest: DatabricksRestClient | None = None) -> None:
         self.registry = registry
         self.name = name
         self.version = version
@@ -586,20 +595,11 @@ class WorkspaceVersionSource:
         self._session: Any = None
         self._creds: Any = None
         self._warm = False
-        self._rest: DatabricksRestClient | None = None
-        self._route_chosen = False
-
-    def _rest_client(self) -> DatabricksRestClient | None:
-        with self._lock:
-            if not self._route_chosen:
-                self._rest = self.registry.rest_client()
-                self._route_chosen = True
-            return self._rest
+        self._rest = rest
 
     def _api(self, endpoint: str, params: dict[str, str], what: str) -> dict[str, Any]:
-        rest = self._rest_client()
-        if rest is not None:
-            return self._rest_api(rest, endpoint, params, what)
+        if self._rest is not None:
+            return self._rest_api(self._rest, endpoint, params, what)
         return self._mlflow_api(endpoint, params, what)
 
     def _rest_api(self, rest: DatabricksRestClient, endpoint: str, params: dict[str, str],

@@ -433,7 +433,9 @@ class MlflowRegistry:
         if self.uri.scheme in ("databricks", "databricks-uc") and uri.startswith("models:"):
             from amlpromote.core.databricks import DatabricksRegistry
 
-            return DatabricksRegistry.of(self.uri).artifact_source(uri)
+            # Over REST, the files are listed and signed through the registry's own client.
+            rest = self.client.rest if self.uses_rest else None
+            return DatabricksRegistry.of(self.uri).artifact_source(uri, rest)
         if self.uri.scheme == "azureml" and uri.startswith("azureml:"):
             # Straight from blob storage with this registry's credential (MLflow's artifact
             # repository for azureml:// reads the global tracking URI's credentials).
