@@ -185,7 +185,7 @@ def test_rest_client_is_chosen_only_for_plain_servers(
 
     server = MlflowRegistry(parse_registry_uri(mlflow_server.url))
     assert isinstance(server.client, MlflowRestClient)
-    sqlite = MlflowRegistry(parse_registry_uri(fresh_stores["sqlite"]))
+    sqlite = MlflowRegistry(parse_registry_uri(fresh_stores["sqlite"]), role="target")
     assert isinstance(sqlite.client, MlflowClient)
     # An MLflow auth plugin only MLflow's client can load: keep MLflow's client for it.
     monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "some_auth_plugin")

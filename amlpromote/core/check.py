@@ -13,7 +13,7 @@ from typing import Any
 
 from amlpromote.core.errors import AmlPromoteError
 from amlpromote.core.settings import TargetChoice
-from amlpromote.core.uris import RegistryUri, local_path, parse_registry_uri
+from amlpromote.core.uris import RegistryUri, parse_registry_uri
 
 PAGE = 10
 
@@ -68,17 +68,22 @@ def _list_models(result: SideCheck, uri: RegistryUri, must_exist: bool,
     from amlpromote.core.registry import MlflowRegistry
 
     started = time.monotonic() if started is None else started
+    notes: list[str] = []
     try:
-        if uri.is_local and not local_path(uri).exists():
-            if must_exist:
-                MlflowRegistry(uri).require_existing()  # raises NotFound with the hint
+        # Read-only on both sides: a check changes nothing, and refuses (before MLflow opens
+        # it) a target copy-model would refuse: another application's data, an old schema.
+        registry = MlflowRegistry(uri, role=result.side, read_only=True, log=notes.append)
+        if must_exist:
+            registry.require_existing()  # NotFound with the hint; refuses what is not MLflow
+        if not registry.has_registry():
             result.status = "missing"
             result.note = "does not exist yet; the first copy-model creates it"
             return result
-        registry = MlflowRegistry(uri)
         page = registry.call("listing registered models", registry.client.search_registered_models,
                              max_results=PAGE)
         result.models = [m.name for m in page]
+        if notes:
+            result.note = "; ".join([result.note, *notes] if result.note else notes)
     except AmlPromoteError as exc:
         _failed(result, exc)
     finally:

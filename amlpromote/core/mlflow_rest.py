@@ -556,6 +556,61 @@ class MlflowRestClient:
                          {"model_id": model_id, "status": _LOGGED_MODEL_STATUS[name]})
         return LoggedModel.from_json(doc.get("model") or {})
 
+    # -- staging containers: heartbeat, search and removal (core/target.py, README "Leftovers")
+
+    def set_logged_model_tags(self, model_id: str, tags: dict[str, Any]) -> None:
+        self._call("PATCH", f"{API}/logged-models/{quote(model_id, safe='')}/tags",
+                   {"tags": _tag_list(tags)})
+
+    def delete_logged_model(self, model_id: str) -> None:
+        self._call("DELETE", f"{API}/logged-models/{quote(model_id, safe='')}")
+
+    def search_logged_models(self, experiment_ids: list[str], filter_string: str | None = None,
+                             max_results: int | None = None,
+                             page_token: str | None = None) -> Page:
+        doc = self._call("POST", f"{API}/logged-models/search",
+                         {"experiment_ids": experiment_ids, "filter": filter_string,
+                          "max_results": max_results, "page_token": page_token})
+        return Page([LoggedModel.from_json(m) for m in doc.get("models") or []],
+                    doc.get("next_page_token"))
+
+    def set_tag(self, run_id: str, key: str, value: Any) -> None:
+        self._call("POST", f"{API}/runs/set-tag",
+                   {"run_id": run_id, "run_uuid": run_id, "key": key, "value": str(value)})
+
+    def delete_run(self, run_id: str) -> None:
+        self._call("POST", f"{API}/runs/delete", {"run_id": run_id})
+
+    def search_runs(self, experiment_ids: list[str], filter_string: str = "",
+                    max_results: int = 1000, page_token: str | None = None) -> Page:
+        doc = self._call("POST", f"{API}/runs/search",
+                         {"experiment_ids": experiment_ids, "filter": filter_string or None,
+                          "max_results": max_results, "page_token": page_token})
+        return Page([Run.from_json(r) for r in doc.get("runs") or []],
+                    doc.get("next_page_token"))
+
+
+# Endpoints every MLflow server has answered since the registry came (1.x): a server that
+# answers one of them with anything but JSON is not an MLflow server (a plain web server, a
+# proxy's page, a wrong path). Newer endpoints (aliases, logged models) are left out: an older
+# MLflow server answers those with its web framework's HTML 404.
+_CORE_PATHS = frozenset(f"{API}/{p}" for p in (
+    "registered-models/get", "registered-models/search", "model-versions/get",
+    "model-versions/search", "model-versions/get-download-uri", "experiments/get-by-name",
+    "runs/get"))
+# Answers that come from whatever stands in front of a server (a login page, a gateway).
+_NOT_FROM_THE_SERVER = frozenset({401, 403, 407})
+NOT_MLFLOW = "NOT_AN_MLFLOW_REGISTRY"
+
+
+def _not_mlflow(response: Any, path: str) -> RestError | None:
+    """The error for a non-JSON answer to a core endpoint, naming what answered."""
+    if path not in _CORE_PATHS or response.status_code in _NOT_FROM_THE_SERVER:
+        return None
+    kind = (response.headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    return RestError(f"not an MLflow registry (HTTP {response.status_code}, {kind})", NOT_MLFLOW,
+                     response.status_code)
+
 
 def _answer(response: Any, path: str) -> dict[str, Any]:
     """The JSON document of a finished response; MLflow's errors for anything else."""
@@ -563,6 +618,8 @@ def _answer(response: Any, path: str) -> dict[str, Any]:
     text = response.text
     if status != 200:
         document = _json_object(text)
+        if document is None and (error := _not_mlflow(response, path)) is not None:
+            raise error
         if document is not None:
             # MLflow's RestException: "<error_code>: <message>".
             code = str(document.get("error_code") or "INTERNAL_ERROR")
@@ -576,6 +633,8 @@ def _answer(response: Any, path: str) -> dict[str, Any]:
     if not text.strip():
         return {}
     document = _json_object(text)
+    if document is None and (error := _not_mlflow(response, path)) is not None:
+        raise error
     if document is None:
         raise RestError("API request to endpoint was successful but the response body was not "
                         f"in a valid JSON format. Response body: '{text}'")

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amlpromote.core.artifacts import (
     ArtifactSink,
@@ -43,11 +44,17 @@ from amlpromote.core.errors import (
     NotFound,
     OperationFailed,
     Unreachable,
+    UnusableRegistry,
 )
 from amlpromote.core.refs import ModelRef
-from amlpromote.core.uris import RegistryUri, local_path, redact_text
+from amlpromote.core.uris import SQLALCHEMY_SCHEMES, RegistryUri, local_path, redact_text
+
+if TYPE_CHECKING:
+    from amlpromote.core.stores import OpenedStore
 
 EXPERIMENT_NAME = "amlpromote"
+# Stores that are inspected before MLflow opens them (core/stores.py).
+_INSPECTED_SCHEMES = ("sqlite", "file", *SQLALCHEMY_SCHEMES)
 # MLflow's retry settings and how MLflow parses each (mlflow.environment_variables).
 _MLFLOW_NUMERIC_SETTINGS: dict[str, type[int] | type[float]] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": int,
@@ -82,6 +89,10 @@ def configure_mlflow_environment() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
+def _ignore(_: str) -> None:
+    pass
+
+
 @contextmanager
 def mlflow_globals(uri: str) -> Iterator[None]:
     """Point MLflow's global tracking/registry URI at `uri` for one call, then restore them."""
@@ -108,6 +119,22 @@ def mlflow_globals(uri: str) -> Iterator[None]:
                     os.environ[key] = value
 
 
+def entity_field(entity: Any, name: str) -> tuple[Any, bool]:
+    """(value, known) of an MLflow entity's `tags` or `aliases`.
+
+    Usually an attribute; but mlflow's Unity Catalog search results (`ModelVersionSearch`,
+    `RegisteredModelSearch`) make both methods, which raise: the search did not return them,
+    the entity itself has them (`known` is then False and the value None).
+    """
+    value = getattr(entity, name, None)
+    if callable(value):
+        try:
+            value = value()
+        except Exception:
+            return None, False
+    return value, True
+
+
 @dataclass
 class VersionInfo:
     """What we need to know about one registered model version."""
@@ -126,6 +153,12 @@ class VersionInfo:
 
     @classmethod
     def from_mlflow(cls, mv: Any) -> VersionInfo:
+        tags, tags_known = entity_field(mv, "tags")
+        aliases, aliases_known = entity_field(mv, "aliases")
+        # The legacy stage (None in registries without stages), as `models show` reports it.
+        extra: dict[str, Any] = {"stage": getattr(mv, "current_stage", None)}
+        if not (tags_known and aliases_known):
+            extra["partial"] = True  # a search result without them: read the version for them
         return cls(
             name=mv.name,
             version=str(mv.version),
@@ -133,10 +166,11 @@ class VersionInfo:
             model_id=getattr(mv, "model_id", None) or None,
             source=mv.source or "",
             description=mv.description or "",
-            tags=dict(mv.tags or {}),
-            aliases=list(getattr(mv, "aliases", None) or []),
+            tags=dict(tags or {}),
+            aliases=list(aliases or []),
             creation_timestamp=mv.creation_timestamp,
             status=str(getattr(mv, "status", "READY") or "READY"),
+            extra=extra,
         )
 
 
@@ -153,6 +187,18 @@ def translate_mlflow_error(exc: Exception, what: str, registry: str) -> AmlPromo
     except Exception:
         status = None
     lowered = message.lower()
+    html = _MLFLOW_HTML_ANSWER.search(message)
+    if html is not None and html["status"] in ("401", "403", "407"):
+        html = None  # a login page in front of a server: the credentials' error below
+    if html is not None:
+        # MLflow's own client met a web page where the API should be.
+        first_line = f"not an MLflow registry (HTTP {html['status']}, text/html)"
+    if code == "NOT_AN_MLFLOW_REGISTRY" or html is not None:
+        # Something answered, but not MLflow (core/mlflow_rest.py): a wrong host, port or path.
+        return UnusableRegistry(f"{what}: {registry} is {first_line}",
+                                hint="give the address an mlflow server answers at (its "
+                                     "--host and --port, e.g. http://HOST:5000), without the "
+                                     "UI's path")
     azure = _azure_ml_error(message)
     if azure is not None:
         # Azure ML answers with its own error document, which MLflow reports as an
@@ -187,12 +233,21 @@ def translate_mlflow_error(exc: Exception, what: str, registry: str) -> AmlPromo
         return BadInput(f"{what}: {first_line}", hint=f"check the input against {registry}")
     if "sqlite" in lowered and ("unable to open" in lowered or "readonly" in lowered
                                 or "read-only" in lowered):
-        return OperationFailed(f"{what}: cannot write the sqlite database of {registry}",
+        reason = next((r for r in ("attempt to write a readonly database",
+                                   "unable to open database file") if r in lowered), "read-only")
+        return OperationFailed(f"{what}: cannot write the sqlite database of {registry} "
+                               f"({reason})",
                                hint="check the folder's permissions or choose another target")
     return OperationFailed(f"{what}: {first_line}",
                            hint=f"run again with --verbose for details about {registry}")
 
 
+# mlflow.utils.rest_utils' words for a non-JSON error answer, on an endpoint every MLflow
+# server has (core/mlflow_rest.py _CORE_PATHS), with an HTML body.
+_MLFLOW_HTML_ANSWER = re.compile(
+    r"endpoint /api/2\.0/mlflow/(?:registered-models/(?:get|search)|model-versions/"
+    r"(?:get|search|get-download-uri)|experiments/get-by-name|runs/get) failed with error code "
+    r"(?P<status>\d+) != 200\. Response body: '\s*<", re.IGNORECASE)
 _AZURE_ML_CODES = re.compile(
     r"""['"]code['"]\s*:\s*['"](?P<code>AuthorizationFailed|Forbidden|AuthenticationFailed|"""
     r"""InvalidAuthenticationToken\w*|ExpiredAuthenticationToken|WorkspaceNotFound|"""
@@ -211,14 +266,73 @@ def _azure_ml_error(message: str) -> tuple[str, str] | None:
 
 
 class MlflowRegistry:
-    """A model registry reached through MLflow's client, bound to one URI."""
+    """A model registry reached through MLflow's client, bound to one URI.
 
-    def __init__(self, uri: RegistryUri) -> None:
+    `role` is "source" or "target". A local or database store is inspected before MLflow opens
+    it (core/stores.py): a source, and any registry with `read_only` (a dry run, `configure
+    --check`), is opened so that nothing in it can change; a target that is not an MLflow
+    registry, or was written by an older MLflow without `upgrade_schema`, is refused. `log`
+    receives the notes the user should see (a snapshot read, a new registry, an upgrade).
+    """
+
+    def __init__(self, uri: RegistryUri, *, role: str = "source", read_only: bool | None = None,
+                 upgrade_schema: bool = False, log: Callable[[str], None] | None = None) -> None:
         self.uri = uri
+        self.role = role
+        self.read_only = role == "source" if read_only is None else read_only
+        self.upgrade_schema = upgrade_schema
+        self.log = log or _ignore
+        self._store: OpenedStore | None = None
         configure_mlflow_environment()
         if uri.scheme == "file":
             # MLflow 3 refuses file stores unless this is set; a user who names one means it.
             os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+
+    @property
+    def store(self) -> OpenedStore:
+        """How MLflow opens this registry; inspected once, before MLflow touches it."""
+        if self._store is None:
+            from amlpromote.core.stores import open_store
+
+            opened = open_store(self.uri, self.role, read_only=self.read_only,
+                                upgrade_schema=self.upgrade_schema)
+            if opened.temporary is not None:
+                # The snapshot or view lives as long as this registry (MLflow caches engines
+                # per URI, so the file may stay open until the process ends).
+                weakref.finalize(self, opened.cleanup)
+            for note in opened.notes:
+                self.log(note)
+            self._store = opened
+        return self._store
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The URI MLflow is given: `uri`, or its read-only, snapshot or view spelling."""
+        if self.uri.scheme in _INSPECTED_SCHEMES:
+            return self.store.mlflow_uri or self.uri.uri
+        return self.uri.uri
+
+    def has_registry(self) -> bool:
+        """Whether there is a registry to read yet (a new target is created on first write)."""
+        if self.uri.scheme in _INSPECTED_SCHEMES:
+            return self.store.mlflow_uri is not None
+        return True
+
+    def version_arg(self, version: str) -> str | int:
+        """A version number as MLflow's store for this registry takes it.
+
+        MLflow's sqlalchemy registry store compares the (integer) version column with the value
+        it is given; psycopg 3, SQLAlchemy 2.1's driver for postgresql://, binds a string as
+        text and PostgreSQL refuses `integer = character varying`.
+        """
+        if self.uri.scheme in SQLALCHEMY_SCHEMES and version.isdigit():
+            return int(version)
+        return version
+
+    @property
+    def created_registry(self) -> bool:
+        """Whether opening this registry created it (a new target at a new path)."""
+        return self._store is not None and self._store.created
 
     @property
     def display(self) -> str:
@@ -244,15 +358,19 @@ class MlflowRegistry:
         return self.uri.identity
 
     def require_existing(self) -> None:
-        """A source must exist: MLflow would silently create an empty local store instead."""
+        """A source must exist and be an MLflow store: MLflow would silently create an empty
+        local store instead, or change what is there."""
         if self.uri.scheme in ("sqlite", "file"):
             path = local_path(self.uri)
-            exists = path.is_file() if self.uri.scheme == "sqlite" else path.is_dir()
-            if not exists:
+            if not path.exists():
                 kind = "sqlite database" if self.uri.scheme == "sqlite" else "file store folder"
-                raise NotFound(f"no {kind} at {path} (source {self.display})",
-                               hint="check the path; for a relative sqlite path write "
-                                    "sqlite:///relative.db, for an absolute one sqlite:////abs.db")
+                hint = ("check the path; for a relative sqlite path write sqlite:///relative.db, "
+                        "for an absolute one sqlite:////abs.db") if self.uri.scheme == "sqlite" \
+                    else "check the path: the folder that holds the store's mlruns content " \
+                         "(meta.yaml files, models/)"
+                raise NotFound(f"no {kind} at {path} (source {self.display})", hint=hint)
+        if self.uri.scheme in _INSPECTED_SCHEMES:
+            self.store  # noqa: B018 - inspects, and refuses what is not an MLflow store
 
     @cached_property
     def uses_rest(self) -> bool:
@@ -285,14 +403,18 @@ class MlflowRegistry:
             from amlpromote.core.mlflow_rest import MlflowRestClient
 
             return MlflowRestClient(self.uri.uri)
-        from mlflow import MlflowClient
-
         if self.uri.scheme == "sqlite":
             folder = local_path(self.uri).parent
             if not folder.is_dir():
                 raise NotFound(f"the folder of the sqlite registry {self.display} does not exist",
                                hint="create the folder, or check the path")
-        return MlflowClient(tracking_uri=self.uri.uri, registry_uri=self.uri.uri)
+        if not self.has_registry():
+            raise AssertionError(f"{self.display} would be created by opening it; "
+                                 "check has_registry() first")
+        uri = self.mlflow_uri  # inspects the store before MLflow is imported or opens it
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def call(self, what: str, operation: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one client call, translating failures into our error types."""
@@ -311,7 +433,7 @@ class MlflowRegistry:
         try:
             # The file and sqlalchemy stores resolve some reads through a fresh MlflowClient()
             # on the global URI (and would create ./mlflow.db); point it at this registry.
-            with mlflow_globals(self.uri.uri):
+            with mlflow_globals(self.mlflow_uri):
                 return operation(*args, **kwargs)
         except AmlPromoteError:
             raise
@@ -349,35 +471,42 @@ class MlflowRegistry:
             if not versions:
                 where = f" in stage {ref.stage}" if ref.stage else ""
                 raise NotFound(f"model '{ref.name}' has no versions{where} in {self.display}",
-                               hint="register a version first, or name one that exists")
+                               hint="register a version first, or name one that exists: "
+                                    f"amlpromote models show {ref.name} --from {self.role}")
             best = max(versions, key=lambda v: int(v.version))
+            if best.extra.get("partial"):
+                # Unity Catalog's search leaves tags and aliases out; they are copied too.
+                return self.get_version(best.name, best.version)
             return best
         return VersionInfo.from_mlflow(mv)
 
     def _alias_hint(self, name: str) -> str:
         rm = self.registered_model(name)
         aliases = sorted((getattr(rm, "aliases", None) or {}).keys())
+        versions = f"amlpromote models show {name} --from {self.role}"
         if aliases:
-            return "aliases of this model: " + ", ".join(aliases)
-        return "this model has no aliases; name a version instead (NAME/VERSION)"
+            return f"aliases of this model: {', '.join(aliases)}; all versions: {versions}"
+        return f"this model has no aliases; name a version instead (NAME/VERSION): {versions}"
 
     def _require_model(self, name: str, what: str) -> None:
         try:
             self.call(what, self.client.get_registered_model, name)
         except (NotFound, BadInput) as exc:
             raise NotFound(f"model '{name}' does not exist in {self.display}",
-                           hint="check the name, or list the models with the registry's UI/CLI") \
-                from exc
+                           hint="check the name; list the models: amlpromote models list "
+                                f"--from {self.role}") from exc
 
     def _get_version(self, name: str, version: str, what: str) -> Any:
         try:
-            return self.call(what, self.client.get_model_version, name, version)
+            return self.call(what, self.client.get_model_version, name,
+                             self.version_arg(version))
         except (NotFound, BadInput) as exc:
             self._require_model(name, what)
             known = [v.version for v in self.list_versions(name)]
             listing = ", ".join(sorted(known, key=int)[-10:]) or "none"
             raise NotFound(f"model '{name}' has no version {version} in {self.display}",
-                           hint=f"versions that exist: {listing}") from exc
+                           hint=f"versions that exist: {listing}; all of them: amlpromote "
+                                f"models show {name} --from {self.role}") from exc
 
     def list_versions(self, name: str, filter_tags: dict[str, str] | None = None) \
             -> list[VersionInfo]:
@@ -417,7 +546,8 @@ class MlflowRegistry:
 
             return DatabricksRegistry.of(self.uri).artifact_uri(version.name, version.version)
         uri = self.call(f"locating the files of {version.name}/{version.version}",
-                        self.client.get_model_version_download_uri, version.name, version.version)
+                        self.client.get_model_version_download_uri, version.name,
+                        self.version_arg(version.version))
         if uri.startswith("models:/m-") or uri.startswith("models:m-"):
             model_id = uri.split("m-", 1)[1].split("/", 1)[0]
             logged = self.call("reading the logged model", self.client.get_logged_model,
@@ -480,5 +610,5 @@ class MlflowRegistry:
             return DatabricksRegistry.of(self.uri).repository(uri)
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        with mlflow_globals(self.uri.uri):
+        with mlflow_globals(self.mlflow_uri):
             return get_artifact_repository(uri)

@@ -113,6 +113,13 @@ def parse_registry_uri(value: str, role: str = "registry") -> RegistryUri:
     else:
         scheme = ""
     if not scheme:
+        if not _looks_like_path(value):
+            # `--target prodd`: a typo of a profile name would otherwise become a new file
+            # store folder named prodd in the working directory.
+            raise BadInput(f"the {role} '{value}' is neither a URI nor a path",
+                           hint=f"for a profile write --profile {value}; for a folder here "
+                                f"write ./{value}; for a registry URI write e.g. "
+                                f"sqlite:///{value}.db or https://{value}")
         path = Path(value).expanduser()
         if path.suffix == ".db":
             return RegistryUri("sqlite:///" + str(path.resolve()), "sqlite")
@@ -136,6 +143,13 @@ def parse_registry_uri(value: str, role: str = "registry") -> RegistryUri:
         path = local_path(RegistryUri(value, "sqlite"))
         return RegistryUri("sqlite:///" + str(path), "sqlite")
     return RegistryUri(value, base_scheme)
+
+
+def _looks_like_path(value: str) -> bool:
+    """A bare value is a path only when it says so: it has a separator, starts with `.` or
+    `~`, or ends in `.db` (README "Registry URIs")."""
+    return ("/" in value or "\\" in value or value.startswith((".", "~"))
+            or value.endswith(".db"))
 
 
 def local_path(uri: RegistryUri) -> Path:
