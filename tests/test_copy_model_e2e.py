@@ -53,9 +53,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # README "JSON output": the document's keys, exactly.
-TOP_KEYS = {"status", "source", "target", "files", "bytes", "seconds", "verified"}
+TOP_KEYS = {"status", "source", "target", "files", "bytes", "seconds", "verified", "plan"}
 SOURCE_KEYS = {"uri", "name", "version", "digest"}
-TARGET_KEYS = {"uri", "name", "version", "aliases"}
+TARGET_KEYS = {"uri", "name", "version", "aliases", "created_registry"}
 # README "Provenance tags": always written (source.run_id / source.model_id / chain only when the
 # source has them).
 PROVENANCE_TAGS = {
@@ -410,7 +410,9 @@ def test_promotion_between_store_kinds(
     assert doc["status"] == "copied"
     assert doc["source"] == {"uri": source.display, "name": source.name,
                              "version": source.version, "digest": source.digest}  # fmt: skip
-    assert doc["target"] == {"uri": target, "name": target_name, "version": "1", "aliases": []}
+    # fresh_stores are new paths: the run creates those registries (and says so).
+    assert doc["target"] == {"uri": target, "name": target_name, "version": "1", "aliases": [],
+                             "created_registry": target_kind in ("file", "sqlite")}
     assert (doc["files"], doc["bytes"]) == (len(source.hashes), source.sizes)
     assert doc["verified"] is None
 
@@ -506,7 +508,7 @@ def test_dry_run_plans_and_changes_nothing(
 
     assert doc["status"] == "planned"
     assert doc["target"] == {"uri": target, "name": unique_model_name, "version": None,
-                             "aliases": ["staging"]}  # fmt: skip
+                             "aliases": ["staging"], "created_registry": False}  # fmt: skip
     assert doc["source"]["version"] == sqlite_source.version
     assert doc["files"] == len(sqlite_source.hashes)
     assert doc["bytes"] == sqlite_source.sizes

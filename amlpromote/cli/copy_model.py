@@ -32,15 +32,14 @@ digest in the target does nothing (status "unchanged", exit 0).
 
 Examples:
 
+\b
   amlpromote copy-model uci-heart-classifier@champion --profile prod
-
   amlpromote copy-model uci-heart-classifier/3 --source file:///data/mlruns \\
       --target sqlite:///srv/registry/mlflow.db --alias staging --verify
-
   amlpromote copy-model models:/fraud@champion --dry-run --output json
-
   amlpromote copy-model fraud/7 --source databricks://prod --workspace ml-prod \\
-      --resource-group rg-ml --subscription 00000000-0000-0000-0000-000000000000
+      --resource-group rg-ml \\
+      --subscription 00000000-0000-0000-0000-000000000000
 
 The target is --target URI, or an Azure ML workspace (--workspace, --resource-group,
 --subscription; its MLflow URI is discovered), or an Azure ML registry (--registry).
@@ -78,6 +77,10 @@ def copy_model(
         help="Read the target's files back and compare digests before registering.")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Register a new version even if an identical one exists.")] = False,
+    upgrade_target_schema: Annotated[bool, typer.Option(
+        "--upgrade-target-schema",
+        help="Let MLflow upgrade a target registry written by an older MLflow (older MLflow "
+             "versions can no longer open it afterwards).")] = False,
     parallel: Annotated[int | None, typer.Option(
         "--parallel", envvar="AMLPROMOTE_PARALLEL", min=1, max=64,
         help="Files transferred at once [default: 8].")] = None,
@@ -94,17 +97,22 @@ def copy_model(
                              credential)
     result = run(out, lambda: _promote(out, ref, source, targets, profile, target_name,
                                        alias or [], copy_aliases, dry_run, verify, force,
-                                       parallel))
+                                       parallel, upgrade_target_schema))
     document = result.as_dict()
 
     def human() -> None:
         src, tgt = result.source, result.target
         size = f"{result.files} files, {human_bytes(result.bytes)}"
         if result.status == "planned":
-            print(f"plan: copy {src['name']}/{src['version']} ({size}) from {src['uri']} "
-                  f"to {tgt['name']} in {tgt['uri']}")
+            plan = result.plan or {}
+            if plan.get("copy", True):
+                print(f"plan: copy {src['name']}/{src['version']} ({size}) from {src['uri']} "
+                      f"to {tgt['name']} in {tgt['uri']}")
+            else:
+                print(f"plan: nothing to copy: {tgt['name']}/{plan['existing_version']} in "
+                      f"{tgt['uri']} already holds {src['name']}/{src['version']}")
             if tgt["aliases"]:
-                print(f"      then set aliases: {', '.join(tgt['aliases'])}")
+                print(f"      set aliases: {', '.join(tgt['aliases'])}")
             print("dry run: nothing was changed")
             return
         verb = "copied" if result.status == "copied" else "unchanged:"
@@ -124,10 +132,10 @@ def copy_model(
 def _promote(out: Output, ref: str, source: str | None, targets: dict[str, str | None],
              profile: str | None, target_name: str | None, aliases: list[str],
              copy_aliases: bool, dry_run: bool, verify: bool, force: bool,
-             parallel: int | None) -> PromoteResult:
+             parallel: int | None, upgrade_target_schema: bool = False) -> PromoteResult:
     from amlpromote.core import config as cfg
     from amlpromote.core.errors import BadInput
-    from amlpromote.core.promote import PromoteRequest, promote_version
+    from amlpromote.core.promote import PromoteRequest, check_promotion_inputs, promote_version
     from amlpromote.core.refs import parse_model_ref
     from amlpromote.core.settings import resolve_target
     from amlpromote.core.uris import parse_registry_uri
@@ -143,6 +151,10 @@ def _promote(out: Output, ref: str, source: str | None, targets: dict[str, str |
                        hint="pass --source URI, set AMLPROMOTE_SOURCE, or configure a profile: "
                             "amlpromote configure --source URI")
     source_uri = parse_registry_uri(src.value, "source")
+    check_promotion_inputs(
+        aliases, target_name,
+        "azureml" if choice.kind != "uri" else parse_registry_uri(choice.uri or "").scheme,
+        target_is_azure_registry=choice.kind == "registry", copy_aliases=copy_aliases)
     if choice.kind != "uri":
         out.note(f"finding the MLflow URI of the {choice.display}")
     request = PromoteRequest(
@@ -150,7 +162,8 @@ def _promote(out: Output, ref: str, source: str | None, targets: dict[str, str |
         source=source_uri,
         target=choice.registry_uri(),
         target_name=target_name, aliases=aliases, copy_aliases=copy_aliases,
-        dry_run=dry_run, verify=verify, force=force, workers=parallel)
+        dry_run=dry_run, verify=verify, force=force, workers=parallel,
+        upgrade_target_schema=upgrade_target_schema)
     if request.source.identity == request.target.identity and not target_name:
         raise BadInput("source and target are the same registry and no --target-name is given",
                        hint="name another target, or a new name with --target-name")

@@ -46,6 +46,9 @@ Chunks = Iterator[memoryview | bytes]
 class ArtifactFile:
     path: str  # relative, POSIX separators, checked by `safe_relative_path`
     size: int | None
+    # What the store tells of the file's content without a read (a local file's modification
+    # time, a blob's Content-MD5), if anything: part of the listing a re-run compares.
+    fingerprint: str | None = None
 
 
 class ArtifactSource(Protocol):
@@ -117,7 +120,9 @@ class LocalSource:
             for name in sorted(filenames):
                 full = Path(dirpath) / name
                 rel = full.relative_to(self.root).as_posix()
-                files.append(ArtifactFile(safe_relative_path(rel), full.stat().st_size))
+                stat = full.stat()
+                files.append(ArtifactFile(safe_relative_path(rel), stat.st_size,
+                                          f"mtime:{stat.st_mtime_ns}"))
         return files
 
     @contextmanager
@@ -188,6 +193,13 @@ class LocalSink:
             raise OperationFailed(f"no permission to write {target}",
                                   hint="fix the folder's permissions or choose another target") \
                 from exc
+
+    def remove(self) -> None:
+        """Delete everything written under the root (an aborted or superseded staging)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self.root.exists():
+            raise OperationFailed(f"could not remove {self.root}",
+                                  hint="check the folder's permissions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +424,13 @@ class ProxiedSink:
                                             data=StreamingBody(chunks, size))
         response.close()
 
+    def remove(self) -> None:
+        """Delete the root folder through the artifact proxy (`DELETE .../artifacts/<path>`,
+        which `mlflow server` maps to its artifact repository's delete_artifacts)."""
+        response = self.session.request("DELETE", f"{self._api}/{quote(self.root)}",
+                                        f"removing the staged files {self.root}")
+        response.close()
+
 
 # ---------------------------------------------------------------------------------------------
 # Any other artifact store: MLflow's artifact repository for the URI
@@ -478,3 +497,6 @@ class RepositorySink:
             self._repo.log_artifact(str(local), folder)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def remove(self) -> None:
+        self._repo.delete_artifacts()

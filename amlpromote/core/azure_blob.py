@@ -318,7 +318,10 @@ class AzureArtifactSource:
             response = self.service.call("HEAD", url, f"reading the size of {rel}")
             response.close()
             length = response.headers.get("Content-Length")
-            return ArtifactFile(rel, int(length) if length is not None else None)
+            # A blob's ETag changes with every write: a re-run's listing compares it.
+            etag = response.headers.get("ETag")
+            return ArtifactFile(rel, int(length) if length is not None else None,
+                                f"etag:{etag}" if etag else None)
 
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="amlpromote-head") as pool:
             files = list(pool.map(size, sorted(urls.items())))
@@ -634,6 +637,20 @@ class ContainerSink:
         rel = safe_relative_path(path)
         # Writing a blob again replaces it: what a retried file needs.
         self.uploader.upload(self.folder.blob_url(rel), rel, size, chunks)
+
+    def remove(self) -> None:
+        """Delete the folder's blobs (an aborted upload), one Delete Blob each.
+
+        The SAS a registry's startPendingUpload hands out is for uploading: azure-ai-ml only
+        creates and lists blobs with it, and the permissions it carries are not documented
+        (azure-rest-api-specs, PendingUploadResponseDto, says only "SAS"). When storage refuses
+        the delete (403, AuthorizationPermissionMismatch) nothing more can be done from here:
+        the container is a temporary one that no version references, and it is the service's
+        to expire. AuthFailed then says so to the caller."""
+        for file in ContainerSource(self.service, self.folder).list_files():
+            response = self.service.request("DELETE", self.folder.blob_url(file.path),
+                                            f"removing the staged {file.path}")
+            response.close()
 
 
 def _with_query(url: str, extra: str) -> str:

@@ -183,6 +183,39 @@ class AzureMlRegistryTarget:
             raise self._failure(response, what)
         return _version_info(name, response.json())
 
+    # -- listing (`amlpromote models`, core/inventory.py) ---------------------------------------
+
+    def model_names(self, limit: int | None = None) -> tuple[list[str], bool]:
+        """The registry's model names (RegistryModelContainers, every page, at most `limit`)
+        and whether `limit` left some out."""
+        self._require_registry()
+        what = f"listing the models of {self.scope.display}"
+        url: str | None = self._url("/models")
+        names: list[str] = []
+        for _ in range(_PAGE_LIMIT):
+            if url is None:
+                break
+            response = self._arm("GET", url, what)
+            if response.status_code != 200:
+                raise self._failure(response, what)
+            body = response.json()
+            names += [str(item["name"]) for item in body.get("value") or [] if item.get("name")]
+            url = body.get("nextLink") or None
+            if url is not None:
+                self._same_host(url, what)
+            if limit is not None and len(names) >= limit:
+                return names[:limit], len(names) > limit or url is not None
+        return names, False
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every version of `name`, by number ([] when the model has none)."""
+        self._require_registry()
+        return sorted(self._versions(name), key=lambda v: int(v.version))
+
+    def version(self, name: str, version: str) -> VersionInfo | None:
+        self._require_registry()
+        return self._get_version(name, version)
+
     def version_source(self, version: VersionInfo) -> ContainerSource:
         """The files of a registered version, read with a SAS from RegistryDataReferences."""
         what = f"locating the files of {version.name} version {version.version}"
@@ -222,9 +255,29 @@ class AzureMlRegistryTarget:
     def staged_source(self, staged: StagedUpload) -> ContainerSource:
         return ContainerSource(self.service, _folder_of(staged))
 
-    def abort(self, staged: StagedUpload) -> None:
-        """Nothing to undo: no version references the pending upload's temporary container,
-        which Azure ML expires on its own."""
+    def abort(self, staged: StagedUpload) -> str | None:
+        """Delete the files uploaded into the pending upload's temporary container, where its
+        SAS allows it (ContainerSink.remove says why it may not); no version references the
+        container, and Azure ML expires it on its own. Best effort: the error that made the
+        run abort matters more."""
+        try:
+            staged.sink.remove()  # type: ignore[attr-defined]
+        except Exception:
+            return ("the staged files stay in the registry's temporary upload container until "
+                    "Azure ML expires it (its upload URL cannot delete)")
+        return None
+
+    def renew(self, staged: StagedUpload, tags: dict[str, str]) -> None:
+        """A pending upload has no tags to renew."""
+
+    def inspect(self) -> bool:
+        """A registry is there or the first call says it is not (NotFound)."""
+        return True
+
+    def sweep(self, staged: StagedUpload | None, key: str) -> list[str]:
+        """Nothing to find: each startPendingUpload hands out a fresh temporary container, and
+        a registry lists neither them nor who asked for them (README "Leftovers")."""
+        return []
 
     def ensure_model(self, name: str, description: str | None, tags: dict[str, str]) -> None:
         """A registry creates the model (its container) with its first version's PUT."""

@@ -58,3 +58,40 @@ class Unreachable(OperationFailed):
     """A registry or service could not be reached (after retries)."""
 
     kind = "unreachable"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what CI runners and supervisors send), raised in the main thread the way Python
+    raises KeyboardInterrupt for SIGINT (cli/interrupts.py installs the handler), so every
+    `except KeyboardInterrupt` that cleans up after Ctrl-C cleans up after SIGTERM too."""
+
+    signum = 15
+
+
+def interrupt_signal(exc: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt: SIGTERM for `Terminated`, else SIGINT."""
+    return int(getattr(exc, "signum", 2))
+
+
+class Interrupted(AmlPromoteError):
+    """The run was stopped by SIGINT or SIGTERM; the message says what was done and what not.
+
+    Exit code 128 + the signal (130 for SIGINT, 143 for SIGTERM), the shell's convention."""
+
+    kind = "interrupted"
+
+    def __init__(self, message: str, hint: str | None = None, signum: int = 2) -> None:
+        name = {2: "SIGINT", 15: "SIGTERM"}.get(signum, f"signal {signum}")
+        super().__init__(f"interrupted by {name}: {message}", hint)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class UnusableRegistry(AmlPromoteError):
+    """The URI names something that must not be used as this registry: not an MLflow store
+    (another application's database, a plain web server), or one MLflow would have to change
+    (core/stores.py). Not a BadInput on purpose: callers that read BadInput from a registry
+    call as "no such model" must not swallow it."""
+
+    exit_code = EXIT_USAGE
+    kind = "bad-input"

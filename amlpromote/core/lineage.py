@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+from amlpromote.core.artifacts import ArtifactFile
 
 PREFIX = "amlpromote."
 KEY = PREFIX + "source.key"
@@ -26,6 +29,8 @@ TOOL_VERSION = PREFIX + "tool_version"
 FILES = PREFIX + "files"
 BYTES = PREFIX + "bytes"
 CHAIN = PREFIX + "chain"
+# The source version's file listing when it was promoted (see `listing_digest`).
+LISTING = PREFIX + "listing"
 # Set only when a registry's tag limits made us leave something out (see `TagLimits`).
 CHAIN_DROPPED = PREFIX + "chain.dropped"  # how many of the oldest hops the chain leaves out
 TAGS_DROPPED = PREFIX + "tags.dropped"  # the source's own tags that were not carried
@@ -51,6 +56,19 @@ NO_LIMITS = TagLimits()
 # values of up to 1,000 characters (experiments: 50 / 250 / 1,000). Model versions have no
 # published figure of their own; they get the strictest of these.
 AZURE_ML_TAG_LIMITS = TagLimits(max_tags=50, max_key=100, max_value=1000)
+
+
+def listing_digest(files: Sequence[ArtifactFile]) -> str | None:
+    """A digest of a version's file listing: each file's path, size and whatever the store
+    reports of it without a read (`ArtifactFile.fingerprint`: a local file's modification time, a
+    blob's Content-MD5), sorted by path. None when a size is unknown: such a listing cannot
+    stand for the content, so a re-run reads the files instead."""
+    if any(f.size is None for f in files):
+        return None
+    hasher = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        hasher.update(f"{f.size} {f.fingerprint or '-'} {f.path}\n".encode())
+    return "sha256:" + hasher.hexdigest()
 
 
 def source_key(registry_identity: str, name: str, version: str) -> str:
@@ -108,8 +126,8 @@ def fitted_chain(hops: list[Hop], budget: int) -> tuple[str, int]:
 def provenance_tags(*, source_uri: str, source_identity: str, name: str, version: str,
                     run_id: str | None, model_id: str | None, digest: str, files: int,
                     total_bytes: int, source_tags: dict[str, str], tool_version: str,
-                    now: datetime | None = None, limits: TagLimits = NO_LIMITS) \
-        -> dict[str, str]:
+                    now: datetime | None = None, limits: TagLimits = NO_LIMITS,
+                    listing: str | None = None) -> dict[str, str]:
     """The full tag set for a new target version (`source_uri` must be credential-free)."""
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     tags = {
@@ -123,6 +141,8 @@ def provenance_tags(*, source_uri: str, source_identity: str, name: str, version
         FILES: str(files),
         BYTES: str(total_bytes),
     }
+    if listing:
+        tags[LISTING] = listing
     if run_id:
         tags[SOURCE_RUN_ID] = run_id
     if model_id:

@@ -66,3 +66,50 @@ def default_target_name(source_name: str, source_scheme: str, target_scheme: str
     if needs_plain_name(source_scheme, target_scheme):
         return target_model_name(source_name)
     return source_name
+
+
+# MLflow's own alias rule (mlflow.utils.validation: `_REGISTERED_MODEL_ALIAS_REGEX`,
+# `MAX_REGISTERED_MODEL_ALIAS_LENGTH`, `_validate_model_alias_name_reserved`), checked here so a
+# bad `--alias` fails before anything is copied instead of after the version is registered.
+_ALIAS = re.compile(r"[\w-]+")
+_ALIAS_VERSION_LIKE = re.compile(r"[vV]\d+")
+ALIAS_MAX = 255
+ALIAS_RULE = "letters, digits, '_' and '-', at most 255 characters, not 'latest' nor v<number>"
+
+
+def alias_problem(alias: str) -> str | None:
+    """Why `alias` cannot be set on a model version, or None when MLflow accepts it."""
+    if not alias:
+        return "an alias cannot be empty"
+    if _ALIAS.fullmatch(alias) is None:
+        return f"'{alias}' has characters an alias cannot have"
+    if len(alias) > ALIAS_MAX:
+        return f"the alias '{alias[:20]}...' is longer than {ALIAS_MAX} characters"
+    if alias.lower() == "latest":
+        return "'latest' is reserved (NAME/latest always means the newest version)"
+    if _ALIAS_VERSION_LIKE.fullmatch(alias):
+        return f"'{alias}' is reserved (v<number> names a version)"
+    return None
+
+
+def target_name_problem(name: str, target_scheme: str) -> str | None:
+    """Why `name` cannot be a model name in a target of this scheme, or None when it can.
+
+    Azure ML: the rule above. Other MLflow registries: MLflow's `_validate_model_name` (not
+    blank, no '/' or ':', and the name must not change when read as a path).
+    """
+    import posixpath
+
+    if target_scheme == "azureml":
+        if is_valid_target_name(name):
+            return None
+        return (f"'{name}' is not a valid Azure ML model name (letters, digits, '-' and '_', "
+                f"starting with a letter or digit, at most {AZUREML_NAME_MAX} characters)")
+    if not name.strip():
+        return "the model name cannot be blank"
+    if "/" in name or ":" in name:
+        return f"'{name}' is not a valid MLflow model name: it cannot contain '/' or ':'"
+    normal = posixpath.normpath(name)
+    if normal != name or normal == "." or normal.startswith(".."):
+        return f"'{name}' is not a valid MLflow model name: it reads as the path '{normal}'"
+    return None

@@ -45,6 +45,8 @@ class PromoteRequest:
     verify: bool = False
     force: bool = False
     workers: int | None = None
+    # --upgrade-target-schema: let MLflow upgrade a target written by an older MLflow.
+    upgrade_target_schema: bool = False
 
 
 @dataclass
@@ -57,11 +59,37 @@ class PromoteResult:
     seconds: float
     verified: bool | None = None
     digest: str | None = None
+    # What a dry run would do (README "JSON output"); None unless the status is `planned`.
+    plan: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"status": self.status, "source": self.source, "target": self.target,
                 "files": self.files, "bytes": self.bytes, "seconds": round(self.seconds, 3),
-                "verified": self.verified}
+                "verified": self.verified, "plan": self.plan}
+
+
+def check_promotion_inputs(aliases: list[str], target_name: str | None, target_scheme: str,
+                           target_is_azure_registry: bool = False,
+                           copy_aliases: bool = False) -> None:
+    """Refuse, before any registry is read or written, what the target would refuse later
+    (an invalid alias would otherwise fail after the version is registered)."""
+    from amlpromote.core.names import ALIAS_RULE, alias_problem, target_name_problem
+
+    if (aliases or copy_aliases) and target_is_azure_registry:
+        raise BadInput("Azure ML registries have no aliases: --alias and --copy-aliases "
+                       "cannot be used with an Azure ML registry target",
+                       hint="drop --alias/--copy-aliases and refer to the version by its "
+                            "number, or promote into an Azure ML workspace")
+    for alias in aliases:
+        problem = alias_problem(alias)
+        if problem:
+            raise BadInput(f"--alias: {problem}", hint=f"an alias takes {ALIAS_RULE}")
+    if target_name is not None:
+        problem = target_name_problem(target_name, target_scheme)
+        if problem:
+            raise BadInput(f"--target-name: {problem}",
+                           hint="choose another name, or leave --target-name out to keep the "
+                                "source's name")
 
 
 def default_target_name(source_name: str, source_scheme: str = "",
@@ -80,14 +108,16 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
                     log: Log = _quiet) -> PromoteResult:
     """Copy one model version from the source registry to the target registry."""
     started = time.monotonic()
-    source = MlflowRegistry(request.source)
-    target = make_target(request.target)
-    if (request.aliases or request.copy_aliases) and not target.supports_aliases:
-        # Refused before anything is read or written: the promotion could not be completed.
-        raise BadInput("Azure ML registries have no aliases: --alias and --copy-aliases "
-                       "cannot be used with an Azure ML registry target",
-                       hint="drop --alias/--copy-aliases and refer to the version by its "
-                            "number, or promote into an Azure ML workspace")
+    # A source is read-only; a dry run opens the target read-only too (core/stores.py).
+    source = MlflowRegistry(request.source, log=log)
+    target = make_target(request.target, dry_run=request.dry_run,
+                         upgrade_schema=request.upgrade_target_schema, log=log)
+    check_promotion_inputs(request.aliases, request.target_name, request.target.scheme,
+                           target_is_azure_registry=not target.supports_aliases,
+                           copy_aliases=request.copy_aliases)
+    if request.target.is_local:
+        # A local target that must not be written is refused before the source is read.
+        target.inspect()
 
     source.require_existing()
     check_source_ref(request.source, request.ref)
@@ -118,20 +148,50 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
 
     def target_doc(v: str | None, aliases: list[str]) -> dict[str, Any]:
         return {"uri": request.target.display, "name": target_name, "version": v,
-                "aliases": aliases}
+                "aliases": aliases,
+                "created_registry": bool(getattr(target, "created_registry", False))}
 
     def finish(status: str, manifest: ArtifactManifest | None, tv: str | None,
-               aliases: list[str], verified: bool | None) -> PromoteResult:
-        digest = manifest.digest if manifest else None
+               aliases: list[str], verified: bool | None,
+               digest: str | None = None) -> PromoteResult:
+        digest = manifest.digest if manifest else digest
         return PromoteResult(status, source_doc(digest), target_doc(tv, aliases),
                              manifest.files if manifest else len(files),
                              manifest.bytes if manifest else listed_bytes,
                              time.monotonic() - started, verified, digest)
 
+    def planned(existing: VersionInfo | None, digest: str | None) -> PromoteResult:
+        # A dry run reads but never writes: no staging, no version, no alias (README).
+        wanted = _wanted_aliases(request, version)
+        result = finish("planned", manifest, existing.version if existing else None, wanted,
+                        None, digest)
+        result.plan = {"copy": existing is None,
+                       "existing_version": existing.version if existing else None,
+                       "set_aliases": wanted}
+        return result
+
     if not request.dry_run:
         target.prepare()
     manifest: ArtifactManifest | None = None
+    listing = lineage.listing_digest(files)
     candidates = [] if request.force else target.find_promoted(target_name, {lineage.KEY: key})
+    # A re-run decides "unchanged" from the version's identity and its listing (paths, sizes,
+    # what the store tells of each file) against what the earlier promotion recorded, without
+    # reading a byte (README "Idempotent"); --verify reads every byte on both sides instead.
+    same_listing = [] if request.verify or listing is None else \
+        [c for c in candidates if c.tags.get(lineage.LISTING) == listing]
+    if same_listing:
+        existing = same_listing[0]
+        recorded = existing.tags.get(lineage.DIGEST)
+        log(f"{existing.name} version {existing.version} holds this source version with the "
+            "same file listing; nothing to read")
+        if request.dry_run:
+            return planned(existing, recorded)
+        # A killed run of this promotion may have left staged files; an unchanged re-run is
+        # "the next run" too.
+        _sweep(target, None, key, log)
+        aliases = _aliases_on_existing(target, request, version, existing, log)
+        return finish("unchanged", None, existing.version, aliases, None, recorded)
     if candidates:
         log(f"{len(candidates)} earlier promotion(s) of this source version found; "
             "reading the source to compare digests")
@@ -139,17 +199,24 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
         same = [c for c in candidates if c.tags.get(lineage.DIGEST) == manifest.digest]
         if same:
             existing = same[0]
+            if request.dry_run:
+                return planned(existing, manifest.digest)
             verified = _verify(target, existing, manifest, progress, request, log) \
-                if request.verify and not request.dry_run else None
-            aliases = _apply_aliases(target, request, version, existing, log)
+                if request.verify else None
+            _sweep(target, None, key, log)
+            aliases = _aliases_on_existing(target, request, version, existing, log)
             return finish("unchanged", manifest, existing.version, aliases, verified)
     if request.dry_run:
-        return finish("planned", manifest, None, _wanted_aliases(request, version), None)
+        return planned(None, None)
 
     staged = target.begin(f"{target_name}-v{version.version}", {lineage.KEY: key},
                           name=target_name)
-    log(f"staging {len(files)} files in {target.display}")
+    # From here on every exit removes what this run staged unless a version uses it (README
+    # "Leftovers"), and an interrupt (Ctrl-C, SIGTERM) says what was and was not done.
+    watch = _Staging(target, staged, target_name, log)
     try:
+        watch.sweep(key)
+        log(f"staging {len(files)} files in {target.display}")
         manifest = copy_files(reader, staged.sink, files, progress, request.workers, log)
         _check_staged(target, staged, manifest, request, progress, log)
         rm = source.registered_model(version.name)
@@ -161,8 +228,10 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
             name=version.name, version=version.version, run_id=version.run_id,
             model_id=version.model_id or _logged_model_id(version.source),
             digest=manifest.digest, files=manifest.files, total_bytes=manifest.bytes,
-            source_tags=version.tags, tool_version=__version__, limits=target.tag_limits),
+            source_tags=version.tags, tool_version=__version__, limits=target.tag_limits,
+            listing=listing),
             target.tag_limits)
+        watch.registering = True
         try:
             created = target.register(staged, target_name, version.description, tags,
                                       force=request.force)
@@ -173,30 +242,50 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
             if found is None:
                 raise
             created = found
+    except KeyboardInterrupt as exc:
+        raise watch.interrupted_before_registered(exc) from None
     except BaseException:
-        target.abort(staged)
+        watch.abort()
         raise
     status = "copied"
-    if created.extra.get("existing"):
-        # A concurrent run registered this same promotion first (a registry target takes it
-        # instead of adding a second version).
-        log(f"version {created.version} holds the same promotion, registered by another run")
-        status = "unchanged"
-    else:
-        log(f"registered {target_name} version {created.version}")
-    winner = created
-    if not request.force and status == "copied":
-        twins = target.find_promoted(target_name, {lineage.KEY: key,
-                                                   lineage.DIGEST: manifest.digest})
-        if twins and int(twins[0].version) < int(created.version):
-            # A concurrent run registered the same source first; keep one version.
-            winner = twins[0]
-            log(f"version {winner.version} holds the same promotion; removing "
-                f"{created.version}")
-            target.delete_version(target_name, created.version)
+    watch.registered(created)
+    try:
+        if created.extra.get("existing"):
+            # A concurrent run registered this same promotion first (a registry target takes
+            # it instead of adding a second version); what this run staged is not used.
+            log(f"version {created.version} holds the same promotion, registered by another "
+                "run")
             status = "unchanged"
-    aliases = _apply_aliases(target, request, version, winner, log,
-                             fresh=winner is created and status == "copied")
+            watch.superseded()
+        else:
+            log(f"registered {target_name} version {created.version}")
+        winner = created
+        if not request.force and status == "copied":
+            watch.said = (f"{target_name} version {created.version} was registered in "
+                          f"{target.display}, but whether another run registered the same "
+                          "promotion first was not checked")
+            twins = target.find_promoted(target_name, {lineage.KEY: key,
+                                                       lineage.DIGEST: manifest.digest})
+            if twins and int(twins[0].version) < int(created.version):
+                # A concurrent run registered the same source first; keep one version.
+                winner = twins[0]
+                log(f"version {winner.version} holds the same promotion; removing "
+                    f"{created.version}")
+                watch.said = (f"{target_name} version {created.version} duplicates version "
+                              f"{winner.version} (registered by another run) and removing it "
+                              "was interrupted: it may still be listed")
+                target.delete_version(target_name, created.version)
+                status = "unchanged"
+                watch.superseded(winner)
+            else:
+                watch.registered(created)
+        watch.aliases = _wanted_aliases(request, version)
+        aliases = _apply_aliases(target, request, version, winner, log,
+                                 fresh=winner is created and status == "copied")
+    except KeyboardInterrupt as exc:
+        raise watch.interrupted_after_registered(exc) from None
+    finally:
+        watch.stop()
     return finish(status, manifest, winner.version, aliases, True if request.verify else None)
 
 
@@ -267,3 +356,141 @@ def _verify(target: PromotionTarget, existing: VersionInfo, manifest: ArtifactMa
             f"{check.digest}, the source has {manifest.digest}",
             hint="the target's files were changed; copy again with --force")
     return True
+
+
+# -- staging: cleanup, leftovers and interrupts (README "Leftovers", "Interrupts") -------------
+
+# What an interrupted run may spend on removing its staging or asking the registry whether it
+# registered, before it reports and exits: with the transfer's own stop (transfer.STOP_GRACE)
+# the process ends within 2 s of the signal, whatever the registry does.
+INTERRUPT_CLEANUP_SECONDS = 1.0
+
+
+class _Staging:
+    """One run's staging container from `begin` to the end of the promotion: renews its
+    heartbeat, removes earlier runs' leftovers, removes it when no version uses it, and knows
+    what was done so far, so that an interrupt's message is true."""
+
+    def __init__(self, target: PromotionTarget, staged: StagedUpload, name: str,
+                 log: Log) -> None:
+        from amlpromote.core.staging import Heartbeat
+
+        self.target = target
+        self.staged = staged
+        self.name = name
+        self.log = log
+        self.registering = False  # target.register was called: a version may exist
+        self.said = ""  # what was done, once a version is registered
+        self.aliases: list[str] = []  # the aliases being set, once that started
+        self._heartbeat = Heartbeat(lambda tags: target.renew(staged, tags)).start()
+
+    def stop(self) -> None:
+        self._heartbeat.stop()
+
+    def sweep(self, key: str) -> None:
+        _sweep(self.target, self.staged, key, self.log)
+
+    def abort(self) -> None:
+        self.stop()
+        self.target.abort(self.staged)
+
+    def registered(self, version: VersionInfo) -> None:
+        self.said = (f"{self.name} version {version.version} was registered in "
+                     f"{self.target.display}")
+
+    def superseded(self, winner: VersionInfo | None = None) -> None:
+        """Another run's version holds this promotion: this run's staging is not used."""
+        if winner is not None:
+            self.said = (f"version {winner.version} of {self.name} holds this promotion "
+                         "(registered by another run); this run's duplicate was removed")
+        self.abort()
+
+    def interrupted_before_registered(self, exc: KeyboardInterrupt) -> AmlPromoteError:
+        from amlpromote.core.errors import Interrupted, interrupt_signal
+
+        signum = interrupt_signal(exc)
+        self.stop()
+        if self.registering:
+            # The registry may have acted on the register call before the signal landed.
+            answered, found = _bounded(INTERRUPT_CLEANUP_SECONDS,
+                                       lambda: self.target.registered_from(self.staged,
+                                                                           self.name))
+            if not answered:
+                return Interrupted(
+                    f"whether {self.name} was registered in {self.target.display} is not known "
+                    "(the registry did not answer in time)",
+                    hint="run the same command again: it finds a version that was registered "
+                         "and completes the promotion", signum=signum)
+            if found is not None:
+                return Interrupted(
+                    f"{self.name} version {found.version} was registered in "
+                    f"{self.target.display}; the check for a duplicate registered by another "
+                    "run, and the aliases, were not done",
+                    hint="run the same command again to finish", signum=signum)
+        finished, left = _bounded(INTERRUPT_CLEANUP_SECONDS,
+                                  lambda: self.target.abort(self.staged))
+        files = left or "the staged files were removed" if finished else \
+            "removing the staged files did not finish (the next run of this promotion does it)"
+        return Interrupted(f"nothing was registered in {self.target.display}; {files}",
+                           hint="run the same command again to promote", signum=signum)
+
+    def interrupted_after_registered(self, exc: KeyboardInterrupt) -> AmlPromoteError:
+        from amlpromote.core.errors import Interrupted, interrupt_signal
+
+        self.stop()
+        said = self.said
+        if self.aliases:
+            said += f"; the aliases ({', '.join(self.aliases)}) may not all be set"
+        return Interrupted(said, hint="run the same command again: it finds this promotion "
+                                      "and does what is left", signum=interrupt_signal(exc))
+
+
+def _bounded(seconds: float, work: Callable[[], Any]) -> tuple[bool, Any]:
+    """Run `work` in a daemon thread for at most `seconds`: (finished without error, result).
+    An interrupted run must exit in bounded time even when the registry hangs; a daemon thread
+    still running is abandoned (the process ends without waiting for it)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # reported as "not finished"
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="amlpromote-cleanup", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive() or "error" in box:
+        return False, None
+    return True, box.get("result")
+
+
+def _sweep(target: PromotionTarget, staged: StagedUpload | None, key: str, log: Log) -> None:
+    """Remove what earlier runs of this promotion staged and left (their owner is gone; README
+    "Leftovers"); a failure here never fails the run."""
+    try:
+        removed = target.sweep(staged, key)
+    except AmlPromoteError as exc:
+        log(f"could not look for leftovers of earlier runs: {exc}")
+        return
+    if removed:
+        log(f"removed {len(removed)} staging container(s) left by earlier runs of this "
+            "promotion")
+
+
+def _aliases_on_existing(target: PromotionTarget, request: PromoteRequest, version: VersionInfo,
+                         existing: VersionInfo, log: Log) -> list[str]:
+    """`_apply_aliases` on a version an earlier run registered: an interrupt here says so."""
+    try:
+        return _apply_aliases(target, request, version, existing, log)
+    except KeyboardInterrupt as exc:
+        from amlpromote.core.errors import Interrupted, interrupt_signal
+
+        wanted = ", ".join(_wanted_aliases(request, version))
+        raise Interrupted(
+            f"nothing new was registered ({existing.name} version {existing.version} already "
+            f"holds this promotion); the aliases ({wanted}) may not all be set",
+            hint="run the same command again to set them", signum=interrupt_signal(exc)) \
+            from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from amlpromote.core.artifacts import ArtifactFile, ArtifactSink, ArtifactSource
-from amlpromote.core.errors import OperationFailed, Unreachable
+from amlpromote.core.errors import Unreachable
 from amlpromote.core.retry import RetryPolicy, TransientError, call_with_retry
 
 
@@ -92,20 +92,32 @@ def copy_files(source: ArtifactSource, sink: ArtifactSink, files: list[ArtifactF
     expect: Callable[[list[str]], None] | None = getattr(sink, "expect", None)
     if expect is not None:
         expect([f.path for f in _start_order(files)])
-    return _run(files, lambda f, p: _copy_one(source, sink, f, p), progress, workers, on_retry,
-                "copying")
+    return _run(files, lambda f, p, stop: _copy_one(source, sink, f, p, stop), progress, workers,
+                on_retry, "copying")
 
 
 def hash_files(source: ArtifactSource, files: list[ArtifactFile],
                progress: TransferProgress | None = None, workers: int | None = None,
                on_retry: Callable[[str], None] | None = None) -> ArtifactManifest:
     """Read every file once and return the manifest (for idempotence checks and --verify)."""
-    return _run(files, lambda f, p: _copy_one(source, None, f, p), progress, workers, on_retry,
-                "reading")
+    return _run(files, lambda f, p, stop: _copy_one(source, None, f, p, stop), progress,
+                workers, on_retry, "reading")
+
+
+class Cancelled(Exception):
+    """A file's transfer stopped because the whole transfer is stopping (a failure elsewhere,
+    or an interrupt); never retried, never the error that is reported."""
+
+
+# How long an interrupted or failed transfer waits for its running files to notice the stop
+# (each checks between chunks, every 256 KiB or 1 MiB) before it returns without them: a
+# worker blocked in a slow read or a retry pause is left behind (cli/interrupts.py ends the
+# process without waiting for it), so Ctrl-C answers within a second whatever the network does.
+STOP_GRACE = 0.3
 
 
 def _copy_one(source: ArtifactSource, sink: ArtifactSink | None, file: ArtifactFile,
-              progress: TransferProgress) -> ManifestEntry:
+              progress: TransferProgress, stop: threading.Event) -> ManifestEntry:
     hasher = hashlib.sha256()
     seen = 0
 
@@ -113,6 +125,8 @@ def _copy_one(source: ArtifactSource, sink: ArtifactSink | None, file: ArtifactF
         nonlocal seen
         with source.open(file.path) as chunks:
             for chunk in chunks:
+                if stop.is_set():
+                    raise Cancelled(file.path)
                 hasher.update(chunk)
                 seen += len(chunk)
                 progress.advance(len(chunk))
@@ -124,30 +138,33 @@ def _copy_one(source: ArtifactSource, sink: ArtifactSink | None, file: ArtifactF
             pass
     else:
         sink.write(file.path, file.size, stream)  # type: ignore[arg-type]
+    if stop.is_set():
+        # The sink may have swallowed the stream's end (a request body whose reader stopped).
+        raise Cancelled(file.path)
     if file.size is not None and seen != file.size:
         raise TransientError(f"{file.path}: read {seen} bytes, the listing said {file.size}")
     return ManifestEntry(file.path, seen, hasher.hexdigest())
 
 
 def _run(files: list[ArtifactFile],
-         one: Callable[[ArtifactFile, TransferProgress], ManifestEntry],
+         one: Callable[[ArtifactFile, TransferProgress, threading.Event], ManifestEntry],
          progress: TransferProgress | None, workers: int | None,
          on_retry: Callable[[str], None] | None, verb: str) -> ArtifactManifest:
     progress = progress or NoProgress()
     policy = RetryPolicy.from_env()
     sizes = [f.size for f in files]
     total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
-    progress.start(verb, len(files), total)
     stop = threading.Event()
 
     def attempt(file: ArtifactFile) -> ManifestEntry:
-        if stop.is_set():
-            raise OperationFailed("cancelled")
-
         def run_once() -> ManifestEntry:
+            # Checked before every attempt: a retry that wakes after the transfer stopped must
+            # not start writing into a staging area that is being removed.
+            if stop.is_set():
+                raise Cancelled(file.path)
             counter = _CountingProgress(progress)
             try:
-                return one(file, counter)
+                return one(file, counter, stop)
             except TransientError:
                 progress.advance(-counter.count)  # the retry starts the file again
                 raise
@@ -167,21 +184,34 @@ def _run(files: list[ArtifactFile],
 
     ordered = _start_order(files)
     count = max(1, min(workers or default_workers(), len(files) or 1))
-    entries: list[ManifestEntry] = []
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="amlpromote-io") as pool:
-        futures: list[Future[ManifestEntry]] = [pool.submit(attempt, f) for f in ordered]
+    # Not `with ThreadPoolExecutor(...)`: leaving that block waits for every running file,
+    # which after Ctrl-C is the rest of the transfer.
+    pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="amlpromote-io")
+    futures: list[Future[ManifestEntry]] = []
+    progress.start(verb, len(files), total)
+    try:
+        futures = [pool.submit(attempt, f) for f in ordered]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in done if f.exception() is not None), None)
         if failed is not None:
+            # A file failed for good: the others stop at their next chunk, files not started
+            # never start, and the staging area is quiet before the caller removes it.
             stop.set()
-            for future in futures:
-                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
             wait(futures)
             exc = failed.exception()
             assert exc is not None
             raise exc
         entries = [f.result() for f in futures]
-    progress.finish()
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM in the main thread: the same stop, but waiting only STOP_GRACE.
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        wait(futures, timeout=STOP_GRACE)
+        raise
+    finally:
+        progress.finish()
+    pool.shutdown(wait=True)
     return ArtifactManifest.of(entries)
 
 

@@ -3,7 +3,7 @@
 On demand only (not part of the test suite):
 
     .venv/bin/python scripts/bench/copy.py [--size-mib 1024] [--files 64] [--repeat 5]
-        [--scenario local|servers|databricks-azureml|all]
+        [--scenario local|servers|databricks-azureml|rerun|all]
 
 local:   sqlite + local artifacts -> sqlite + local artifacts.
          Goals: marginal cost per GiB (SIZE run minus a 1 MiB run with the same file count)
@@ -17,6 +17,9 @@ databricks-azureml: Databricks in a box (workspace registry over a `mlflow serve
          downloads models:/NAME/VERSION and registers the local folder through azureml-mlflow.
          Goal: at least 2x faster than the hand-written path. Needs Azurite (scripts/test
          installs it into .work/node; tests/azureml_box/azurite.py).
+rerun:   the unchanged re-run of the SIZE model, servers -> servers and Databricks box ->
+         Azure ML box. Goals: no file downloaded, under 2 s over the process start
+         (`amlpromote --version`, measured in the same run).
 All:     amlpromote's peak RSS under 300 MB.
 
 The model is one registered version: a real scikit-learn MLflow model (MLmodel, model.pkl, ...)
@@ -491,6 +494,104 @@ def scenario_databricks_azureml(
     return results, twice_as_fast("databricks-azureml", results, sizes)
 
 
+def scenario_rerun(root: Path, template: Path, size: int, files: int,
+                   repeat: int) -> list[tuple[str, bool]]:
+    """The unchanged re-run of one promotion (an hourly cron job's usual case), between two
+    `mlflow server`s and from Databricks in a box to Azure ML in a box: seconds against the
+    process start of `amlpromote --version` in the same run, and the file downloads the re-run
+    made (counted where the files are served: a counting proxy in front of the source server;
+    the Databricks box's signed-URL requests)."""
+    azureml_box_class, databricks_box_class, mlflow_server_class = import_boxes()
+    from support.flaky_proxy import FlakyProxy
+
+    goals: list[tuple[str, bool]] = []
+    env_plain = lib.child_env(root)
+    starts = Samples()
+    # The process start of the CLI itself (interpreter, our imports), as the goal names it.
+    for _ in range(repeat):
+        starts.add(*timed([AMLPROMOTE, "--version"], env_plain, "--version"))
+    start = starts.median
+    print(f"  process start (amlpromote --version): {start:.2f} s (median of {repeat})")
+
+    def rerun_goal(label: str, first: float, reruns: Samples, downloads: int) -> None:
+        extra = reruns.median - start
+        print(f"  {label}: first copy {first:.2f} s; unchanged re-run median {reruns.median:.2f} s "
+              f"(min {min(reruns.seconds):.2f}, max {max(reruns.seconds):.2f}; "
+              f"{extra:.2f} s over the process start; {first / reruns.median:.1f}x faster than the "
+              f"copy); file downloads during the re-runs: {downloads}")
+        goals.append((f"{label}: unchanged re-run downloads no file ({downloads})",
+                      downloads == 0))
+        goals.append((f"{label}: unchanged re-run {extra:.2f} s over the process start < 2 s",
+                      extra < 2.0))
+
+    base = root / "rerun"
+    base.mkdir()
+    with lib.servers(base, "source", "target") as (source, target):
+        def on_server(uri: str) -> Path:
+            return source.artifacts / unquote(urlsplit(uri).path).lstrip("/")
+
+        name = f"bench-rerun-{size}mib"
+        _, total = register_model(source.url, name, on_server, template, size, files)
+        with FlakyProxy(source.url) as proxy:
+            first, _ = timed([AMLPROMOTE, "copy-model", f"{name}/1", "--source", proxy.url,
+                              "--target", target.url, "-o", "json"], env_plain, "first copy",
+                             (source.pgid, target.pgid))
+            amlpromote_json(first, total)
+            proxy.reset_counters()
+            reruns = Samples()
+            for rep in range(repeat):
+                measured, other = timed([AMLPROMOTE, "copy-model", f"{name}/1", "--source",
+                                         proxy.url, "--target", target.url, "-o", "json"],
+                                        env_plain, "re-run", (source.pgid, target.pgid))
+                if json.loads(measured.stdout).get("status") != "unchanged":
+                    raise SystemExit(f"re-run was not unchanged: {measured.stdout}")
+                reruns.add(measured, other)
+                print(f"  servers re-run {rep + 1}: {measured.seconds:.2f} s", flush=True)
+            downloads = sum(1 for r in proxy.records if r.method == "GET" and
+                            r.path.split("?", 1)[0].startswith(
+                                "/api/2.0/mlflow-artifacts/artifacts/"))
+        rerun_goal(f"servers ({total / 1e6:.0f} MB, {files} files)", first.seconds, reruns,
+                   downloads)
+
+    with contextlib.ExitStack() as stack:
+        box = stack.enter_context(azureml_box_class(base / "azureml"))
+        workspace = box.workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE)
+        backend = stack.enter_context(
+            mlflow_server_class(base / "databricks-backend", serve_artifacts=False))
+        databricks = stack.enter_context(
+            databricks_box_class(base / "databricks", backend=backend, ca=box.ca))
+        name = f"bench-rerun-{size}mib"
+        _, total = register_model(backend.tracking_uri, name, file_uri_path, template, size,
+                                  files, artifact_location=Path(backend.artifacts_dir).as_uri())
+        home = base / "home"
+        home.mkdir()
+        databricks.write_databrickscfg(home, PROFILE)
+        user = {k: v for k, v in lib.child_env(root, HOME=str(home)).items()
+                if not k.startswith("DATABRICKS_")}
+        env = box.client_env(user)
+        cmd = [AMLPROMOTE, "copy-model", f"{name}/1", "--source", f"databricks://{PROFILE}",
+               "--target", workspace.mlflow_uri, "--credential", "managed-identity", "-o",
+               "json"]
+        groups = (box.azurite.pid, workspace.backend.pid, backend.pid)
+        first, _ = timed(cmd, env, "first copy", groups)
+        amlpromote_json(first, total)
+        databricks.clear_requests()
+        reruns = Samples()
+        for rep in range(repeat):
+            measured, other = timed(cmd, env, "re-run", groups)
+            if json.loads(measured.stdout).get("status") != "unchanged":
+                raise SystemExit(f"re-run was not unchanged: {measured.stdout}")
+            reruns.add(measured, other)
+            print(f"  databricks-azureml re-run {rep + 1}: {measured.seconds:.2f} s", flush=True)
+        # Signed URLs are asked for per file and then fetched outside /api/.
+        downloads = sum(1 for r in databricks.requests
+                        if "get-signed-download-uri" in r.path
+                        or not r.path.startswith(("/api/", "/.well-known/")))
+        rerun_goal(f"databricks-azureml ({total / 1e6:.0f} MB, {files} files)", first.seconds,
+                   reruns, downloads)
+    return goals
+
+
 def report(title: str, results: dict[tuple[str, int], Samples], sizes: list[int],
            reference: str) -> None:
     rows = []
@@ -515,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark amlpromote copy-model.")
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=64)
-    parser.add_argument("--scenario", choices=["local", "servers", "databricks-azureml", "all"],
+    parser.add_argument("--scenario",
+                        choices=["local", "servers", "databricks-azureml", "rerun", "all"],
                         default="all")
     parser.add_argument("--repeat", type=int, default=5, help="runs per tool and size (median)")
     parser.add_argument("--quiet-timeout", type=float, default=60.0,
@@ -561,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
             report("databricks-azureml (Databricks box -> Azure ML box)", results, sizes,
                    "hand-written")
             goals += box_goals
+        if args.scenario in ("rerun", "all"):
+            print(f"\n[rerun] the unchanged re-run of a {args.size_mib} MiB promotion", flush=True)
+            goals += scenario_rerun(root, template, args.size_mib, args.files, args.repeat)
     print("\ngoals")
     for text, ok in goals:
         print(f"  {lib.verdict(ok)}  {text}")
