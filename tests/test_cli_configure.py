@@ -8,6 +8,10 @@ import stat
 from pathlib import Path
 
 import pytest
+import tomllib
+from support import free_port
+from support.cli import cli
+from support.mlflow_server import MlflowServer
 from typer.testing import CliRunner
 
 from amlpromote.cli.app import app
@@ -108,3 +112,103 @@ def test_corrupt_config_is_a_clear_error(config_file: Path) -> None:
     assert result.exit_code == 2
     assert "not valid TOML" in result.stderr
     assert "Traceback" not in result.output
+
+
+def _saved(config_file: Path) -> bytes:
+    return config_file.read_bytes()
+
+
+def test_delete_removes_one_profile_atomically(config_file: Path) -> None:
+    for name in ("keep", "gone"):
+        assert invoke("configure", name, "--source", "file:///data/mlruns")[0] == 0
+    run = cli("configure", "delete", "gone", "-o", "json")
+    assert run.code == 0, run.both
+    assert run.document == {"status": "deleted", "profile": "gone", "path": str(config_file)}
+    assert set(tomllib.loads(config_file.read_text())["profiles"]) == {"keep"}
+    assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
+    assert not list(config_file.parent.glob(".config-*")), "temp file left behind"
+
+    run = cli("configure", "delete", "keep")
+    assert run.code == 0 and "deleted profile 'keep'" in run.stdout, run.both
+    assert tomllib.loads(config_file.read_text()).get("profiles", {}) == {}
+
+
+def test_delete_of_a_missing_profile_is_not_found_and_changes_nothing(config_file: Path) -> None:
+    assert invoke("configure", "keep", "--source", "file:///data/mlruns")[0] == 0
+    before = _saved(config_file)
+    for json_mode in (False, True):
+        run = cli("configure", "delete", "nope", *(["-o", "json"] if json_mode else []))
+        assert run.code == 3, run.both
+        assert "'nope'" in run.stderr and "Traceback" not in run.both
+        if json_mode:
+            assert run.document["status"] == "failed" and run.document["exit_code"] == 3
+        else:
+            assert run.stdout == ""
+    assert _saved(config_file) == before
+
+
+@pytest.mark.parametrize("args", [
+    ["configure", "delete"],
+    ["configure", "delete", "a", "b"],
+    ["configure", "delete", "keep", "--source", "file:///x"],
+    ["configure", "show", "--source", "file:///x"],
+    ["configure", "show", "keep", "--workspace", "ml-prod"],
+    ["configure", "show", "--check"],
+    ["configure", "list", "--target", "sqlite:///x.db"],
+    ["configure", "list", "keep"],
+])
+def test_show_list_and_delete_refuse_what_they_would_ignore(config_file: Path,
+                                                            args: list[str]) -> None:
+    assert invoke("configure", "keep", "--source", "file:///data/mlruns")[0] == 0
+    before = _saved(config_file)
+    run = cli(*args, "-o", "json")
+    assert run.code == 2, run.both
+    document = run.document
+    assert document["status"] == "failed" and document["exit_code"] == 2
+    assert document["error"] and document["hint"]
+    if "--source" in args or "--workspace" in args or "--target" in args or "--check" in args:
+        assert f"{args[1]} takes no settings" in document["error"]
+    assert _saved(config_file) == before
+
+
+@pytest.mark.parametrize("name", ["show", "list", "delete"])
+def test_reserved_words_are_not_profile_names(config_file: Path, name: str) -> None:
+    run = cli("configure", "--source", "file:///x", env={"AMLPROMOTE_PROFILE": name})
+    assert run.code == 2 and "AMLPROMOTE_PROFILE" in run.stderr, run.both
+    run = cli("copy-model", "m/1", "--profile", name, "--source", "file:///x")
+    assert run.code == 3 and f"'{name}'" in run.stderr, run.both  # no such profile
+    assert not config_file.exists()
+
+
+def test_check_says_missing_where_the_json_does(config_file: Path, tmp_path: Path,
+                                                mlflow_server: MlflowServer) -> None:
+    target = tmp_path / "new" / "t.db"
+    args = ["configure", "c", "--source", mlflow_server.tracking_uri, "--target", str(target),
+            "--check"]
+    run = cli(*args, "-o", "json")
+    assert run.code == 0, run.both
+    assert [c["status"] for c in run.document["checks"]] == ["ok", "missing"]
+    run = cli("configure", "c", "--check")
+    assert run.code == 0, run.both
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("source  ok ")
+    target_line = next(line for line in lines if line.startswith("target "))
+    assert target_line.split()[:2] == ["target", "missing"], run.stdout
+    assert not target.parent.exists(), "--check must not create the target"
+
+
+def test_check_of_an_unreachable_side_exits_1(config_file: Path, tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    args = ["configure", "u", "--source", closed, "--target", str(tmp_path / "t.db"), "--check"]
+    run = cli(*args, "-o", "json", env=env)
+    assert run.code == 1, run.both
+    document = run.document
+    assert document["status"] == "failed" and document["exit_code"] == 1
+    assert document["checks"][0]["status"] == "failed" and document["checks"][0]["exit_code"] == 1
+    assert document["error"].startswith("source: ") and closed in document["error"]
+    assert document["hint"]
+    run = cli("configure", "u", "--check", env=env)
+    assert run.code == 1, run.both
+    assert run.stdout.splitlines()[0].startswith("source  FAILED")
+    assert "Traceback" not in run.both

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from amlpromote.cli.app import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-COMMANDS = ["configure", "copy-model"]
+COMMANDS = ["configure", "copy-model", "models"]
+# Commands of a command group, each with its own options and examples.
+SUBCOMMANDS = [("models", "list"), ("models", "show")]
 
 
 def _help(*args: str) -> str:
@@ -27,8 +33,11 @@ def test_every_command_is_listed_in_help_and_readme() -> None:
 
 
 def test_every_option_and_env_var_is_documented() -> None:
-    for command in [None, *COMMANDS]:
-        text = _help(command) if command else _help()
+    for command in [None, *COMMANDS, *SUBCOMMANDS]:
+        if isinstance(command, tuple):
+            text = _help(*command)
+        else:
+            text = _help(command) if command else _help()
         options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", text)) - {"--help"}
         assert options, command
         for option in options:
@@ -41,8 +50,45 @@ def test_every_command_help_has_an_example() -> None:
     for command in COMMANDS:
         text = _help(command)
         assert "Example" in text and f"amlpromote {command}" in text, command
+    for words in SUBCOMMANDS:
+        text = _help(*words)
+        assert "Example" in text and f"amlpromote {' '.join(words)}" in text, words
 
 
 def test_readme_opens_with_the_two_commands() -> None:
     block = README.split("```")[1]
     assert "scripts/quickstart" in block and "scripts/test" in block
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, command
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from _commands(sub, (*path, name))
+
+
+def _verbatim_lines(help_text: str) -> list[str]:
+    """The lines of the help's \\b paragraphs: synopses and examples, shown as written."""
+    lines: list[str] = []
+    for paragraph in re.split(r"\n\s*\n", help_text):
+        first, _, rest = paragraph.partition("\n")
+        if first.strip() == "\b":
+            lines += [line.strip() for line in rest.splitlines() if line.strip()]
+    return lines
+
+
+@pytest.mark.parametrize("columns", ["40", "80", "200"])
+def test_help_shows_synopses_and_examples_as_written(columns: str) -> None:
+    for path, command in _commands(typer.main.get_command(app)):
+        source = command.help or ""
+        examples = [line for line in source.splitlines() if line.strip().startswith("amlpromote ")]
+        verbatim = _verbatim_lines(source)
+        name = " ".join(path) or "amlpromote"
+        # Every example line of the source is in a verbatim paragraph, so it cannot be rewrapped.
+        assert {line.strip() for line in examples} <= set(verbatim), name
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": columns})
+        assert result.exit_code == 0, result.output
+        shown = [line.strip() for line in result.output.splitlines()]
+        for line in verbatim:
+            assert line in shown, f"{name} --help at {columns} columns rewrapped {line!r}"
+        # A continuation backslash ends its line; one inside a line is a rewrapped example.
+        assert not re.search(r"\\ \S", result.output), f"{name} --help at {columns} columns"

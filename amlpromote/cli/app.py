@@ -5,30 +5,40 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import typer
 
 from amlpromote import __version__
-from amlpromote.cli.options import OutputOpt, QuietOpt, VerboseOpt
+from amlpromote.cli.options import OutputMode, OutputOpt, QuietOpt, VerboseOpt
 from amlpromote.cli.output import Output, configure_logging, install_redaction
-from amlpromote.core.errors import AmlPromoteError
+from amlpromote.core.errors import (
+    EXIT_USAGE,
+    AmlPromoteError,
+    BadInput,
+    Interrupted,
+    OperationFailed,
+)
 
 T = TypeVar("T")
 
+# Help texts are shown by Click's plain formatter (rich_markup_mode=None), which rewraps every
+# paragraph to the terminal's width; a paragraph that starts with a line holding only \b (Click's
+# marker) keeps its lines as written: every synopsis and example block starts with one.
 HELP = """Promote MLflow models between registries, verified and re-runnable.
 
 Exit codes: 0 done (also "unchanged"), 1 failed, 2 bad usage or input, 3 not found,
-4 authentication/authorization.
+4 authentication/authorization, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 
 Examples:
 
-  amlpromote configure prod --source databricks://prod --target sqlite:///reg/mlflow.db
-
+\b
+  amlpromote configure prod --source databricks://prod \\
+      --target sqlite:///reg/mlflow.db
   amlpromote copy-model uci-heart-classifier@champion --profile prod
-
-  amlpromote copy-model models:/uci-heart-classifier/3 --target http://mlflow:5000 -o json
+  amlpromote copy-model models:/uci-heart-classifier/3 \\
+      --target http://mlflow:5000 -o json
 """
 
 app = typer.Typer(
@@ -62,17 +72,56 @@ def root(
 
 def make_output(ctx: typer.Context, output: Any, quiet: bool | None,
                 verbose: bool | None) -> Output:
-    """Merge the global options with the command's own (the command's win)."""
+    """The first call of every command: the output object, after every `AMLPROMOTE_*` variable
+    was checked (`settings.check_environment`), so bad input fails before anything is read.
+
+    Precedence: the command's option > the same option before the command name > its
+    `AMLPROMOTE_*` variable > default."""
+    from amlpromote.core import settings
+
     parent = ctx.obj or {}
-    mode = output or parent.get("output")
-    debug = os.environ.get("AMLPROMOTE_DEBUG", "") not in ("", "0", "false")
+    typed = {"AMLPROMOTE_OUTPUT": output if output is not None else parent.get("output"),
+             "AMLPROMOTE_QUIET": quiet if quiet is not None else parent.get("quiet"),
+             "AMLPROMOTE_VERBOSE": verbose if verbose is not None else parent.get("verbose")}
     out = Output()
+    # A bad variable counts as unset here; check_environment below reports it, rendered the
+    # way the other settings ask for.
+    mode = typed["AMLPROMOTE_OUTPUT"] or _lenient(settings.env_output_mode)
     if mode is not None:
-        out.mode = mode
-    out.quiet = bool(quiet if quiet is not None else parent.get("quiet"))
-    out.verbose = bool(verbose if verbose is not None else parent.get("verbose")) or debug
+        out.mode = OutputMode(mode)
+    out.quiet = bool(_first(typed["AMLPROMOTE_QUIET"],
+                            lambda: settings.env_flag("AMLPROMOTE_QUIET")))
+    out.verbose = bool(_first(typed["AMLPROMOTE_VERBOSE"],
+                              lambda: settings.env_flag("AMLPROMOTE_VERBOSE"))) \
+        or bool(_lenient(lambda: settings.env_flag("AMLPROMOTE_DEBUG")))
     configure_logging(out.verbose)
+    given = {name for name, value in typed.items() if value is not None}
+    run(out, lambda: settings.check_environment(given | _typed_variables(ctx)))
     return out
+
+
+def _lenient(read: Callable[[], T]) -> T | None:
+    try:
+        return read()
+    except AmlPromoteError:
+        return None
+
+
+def _first(value: bool | None, read: Callable[[], bool | None]) -> bool | None:
+    return value if value is not None else _lenient(read)
+
+
+def _typed_variables(ctx: typer.Context) -> set[str]:
+    """The variables of this command's options that were typed on the command line (the option
+    wins, so the variable is neither used nor checked)."""
+    typed = set()
+    for param in getattr(ctx.command, "params", []):
+        envvar = getattr(param, "envvar", None)
+        # Compared by name: Typer's public API does not export Click's ParameterSource enum.
+        source = ctx.get_parameter_source(param.name) if param.name else None
+        if isinstance(envvar, str) and getattr(source, "name", "") == "COMMANDLINE":
+            typed.add(envvar)
+    return typed
 
 
 def run(out: Output, action: Callable[[], T]) -> T:
@@ -81,10 +130,12 @@ def run(out: Output, action: Callable[[], T]) -> T:
         return action()
     except AmlPromoteError as exc:
         raise typer.Exit(out.fail(exc)) from None
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was registered by the interrupted step",
-              file=sys.stderr)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM (cli/interrupts.py) that core did not report as `Interrupted`
+        # (which says what was registered): it landed before anything was staged.
+        from amlpromote.cli.interrupts import as_error
+
+        raise typer.Exit(out.fail(as_error(exc))) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
@@ -92,13 +143,91 @@ def run(out: Output, action: Callable[[], T]) -> T:
 
 
 def _register() -> None:
-    from amlpromote.cli import configure, copy_model
+    from amlpromote.cli import configure, copy_model, models
 
     configure.register(app)
     copy_model.register(app)
+    models.register(app)
 
 
 _register()
+
+
+class CommandLineError(BadInput):
+    """The command line itself is wrong: an unknown command or option, a missing argument, a
+    value Typer refused."""
+
+    kind = "usage"
+
+
+def run_command_line(args: Sequence[str] | None = None) -> int:
+    """Run the app on `args` (default: `sys.argv[1:]`) as the console script does and return
+    the exit code. Typer's standalone mode would print Click's usage text for a usage error;
+    here it is one `error:` line and a `hint:` line, plus the failure document when JSON output
+    was asked for, like every other failure. Tests in this process call this too."""
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        code = app(args=argv, prog_name="amlpromote", standalone_mode=False)
+    except typer.Abort:
+        from amlpromote.cli import interrupts
+
+        signum = interrupts.received()
+        if signum is not None:
+            # A signal outside `run()` (Click turns KeyboardInterrupt into Abort): while the
+            # options were read, or while a finished command printed its result.
+            return Output(mode=_requested_mode(argv)).fail(Interrupted(
+                "it came outside the command's work: what was printed above happened, "
+                "nothing else was started", hint="amlpromote models show NAME --from target "
+                "shows what the target holds", signum=signum))
+        # Ctrl-C or Ctrl-D at a prompt (Click turns both into Abort); nothing was written yet.
+        return Output(mode=_requested_mode(argv)).fail(OperationFailed(
+            "aborted at the prompt; nothing was written",
+            hint="run it again, or pass the values as options"))
+    except Exception as exc:
+        # Click's exceptions are not part of Typer's public API: known by what they carry.
+        if not (callable(getattr(exc, "format_message", None))
+                and isinstance(getattr(exc, "exit_code", None), int)):
+            raise
+        return _command_line_failure(exc, argv)
+    return code if isinstance(code, int) else 0
+
+
+def _command_line_failure(exc: Exception, argv: list[str]) -> int:
+    out = Output(mode=_requested_mode(argv))
+    message: str = getattr(exc, "format_message")()  # noqa: B009 -- duck-typed, see above
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", "amlpromote")
+    if ctx is not None and message == ctx.get_help():
+        # `no_args_is_help`: on a terminal the help is the answer (on stderr, as Click has it).
+        if out.mode != OutputMode.json:
+            print(message, file=sys.stderr)
+        message = "no command given"
+    message = message.replace("Value error, ", "").rstrip(".")
+    message = message[:1].lower() + message[1:]
+    hint = (f"{command} --help lists the commands" if "command" in message
+            else f"{command} --help shows the options and examples")
+    error = CommandLineError(message, hint=hint)
+    error.exit_code = getattr(exc, "exit_code", EXIT_USAGE)
+    return out.fail(error)
+
+
+def _requested_mode(argv: list[str]) -> OutputMode:
+    """The output the command line asked for, read from the words themselves: a usage error
+    comes before Typer has parsed them. The last --output wins, else AMLPROMOTE_OUTPUT."""
+    mode: str | None = None
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            break
+        if word in ("-o", "--output"):
+            mode = next(words, None)
+        elif word.startswith("--output="):
+            mode = word.partition("=")[2]
+        elif word.startswith("-o") and not word.startswith("--"):
+            mode = word[2:]
+    if mode is None:
+        mode = os.environ.get("AMLPROMOTE_OUTPUT", "")
+    return OutputMode.json if (mode or "").strip().lower() == "json" else OutputMode.human
 
 
 def main() -> None:
@@ -106,4 +235,10 @@ def main() -> None:
     # MLflow starts a telemetry client at import; a CI tool talks to the registries only.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
-    app()
+    from amlpromote.cli import interrupts
+
+    interrupts.install()
+    code = run_command_line()
+    if interrupts.received() is not None:
+        interrupts.exit_now(code)  # without joining worker threads stuck in I/O
+    sys.exit(code)

@@ -1,4 +1,4 @@
-"""`amlpromote configure`: write, show and list profiles."""
+"""`amlpromote configure`: write, show, list and delete profiles."""
 
 from __future__ import annotations
 
@@ -23,33 +23,47 @@ from amlpromote.core import config as cfg
 from amlpromote.core.errors import BadInput
 from amlpromote.core.uris import redact_uri
 
-HELP = """Write, show and list profiles (where models come from and go to).
+HELP = """Write, show, list and delete profiles (where models come from and go to).
 
-  amlpromote configure [PROFILE] --source URI --target URI   write a profile
-  amlpromote configure [PROFILE] --source URI --workspace WS --resource-group RG
-                       --subscription SUB [--credential KIND]  target an Azure ML workspace
-  amlpromote configure [PROFILE] --registry NAME               target an Azure ML registry
-  amlpromote configure [PROFILE]                             prompt for it (on a terminal)
-  amlpromote configure [PROFILE] --check                     connect to both sides, list models
-  amlpromote configure show [PROFILE]                        effective settings and origins
-  amlpromote configure list                                  all profiles
+\b
+  amlpromote configure [PROFILE] --source URI --target URI
+      write a profile
+  amlpromote configure [PROFILE] --source URI --workspace WS \\
+      --resource-group RG --subscription SUB [--credential KIND]
+      target an Azure ML workspace
+  amlpromote configure [PROFILE] --registry NAME
+      target an Azure ML registry
+  amlpromote configure [PROFILE]          prompt for it (on a terminal)
+  amlpromote configure [PROFILE] --check  connect to both sides, list models
+  amlpromote configure show [PROFILE]     effective settings and origins
+  amlpromote configure list               all profiles
+  amlpromote configure delete PROFILE     remove a profile
 
-PROFILE defaults to "default". Profiles live in $AMLPROMOTE_CONFIG, else config.toml in the
-user config folder; the file is written atomically, mode 0600, and never holds a secret.
-A target is a registry URI, an Azure ML workspace (its MLflow URI is discovered when a command
-runs) or an Azure ML registry; writing one replaces the other. Pass an empty value
-(--target "") to remove a setting. --check exits with the code of the first side that failed.
+PROFILE defaults to "default"; show, list and delete are not profile names. Profiles live in
+$AMLPROMOTE_CONFIG, else config.toml in the user config folder; the file is written atomically,
+mode 0600, and never holds a secret. A target is a registry URI, an Azure ML workspace (its
+MLflow URI is discovered when a command runs) or an Azure ML registry; writing one replaces the
+other. Pass an empty value (--target "") to remove a setting. --check exits with the code of
+the first side that failed (1 unreachable, 2 bad input, 3 not found, 4 credentials refused).
 
 Examples:
 
+\b
   amlpromote configure prod --source databricks://prod --workspace ml-prod \\
-      --resource-group rg-ml --subscription 00000000-0000-0000-0000-000000000000 --check
-
-  amlpromote configure ci --source databricks://prod --registry shared-models \\
-      --credential environment
-
-  amlpromote configure local --source file:///data/mlruns --target sqlite:///srv/reg/mlflow.db
+      --resource-group rg-ml \\
+      --subscription 00000000-0000-0000-0000-000000000000 --check
+  amlpromote configure ci --source databricks://prod \\
+      --registry shared-models --credential environment
+  amlpromote configure local --source file:///data/mlruns \\
+      --target sqlite:///srv/reg/mlflow.db
+  amlpromote configure delete old-staging
 """
+
+# The settings a profile holds, as options of `configure` (show, list and delete take none).
+_SETTING_FLAGS = {"source": "--source", "target": "--target", "workspace": "--workspace",
+                  "resource_group": "--resource-group", "subscription": "--subscription",
+                  "registry": "--registry", "credential": "--credential"}
+_USAGE = "amlpromote configure [PROFILE] | show [PROFILE] | list | delete PROFILE"
 
 
 def register(app: typer.Typer) -> None:
@@ -59,8 +73,9 @@ def register(app: typer.Typer) -> None:
 def configure(
     ctx: typer.Context,
     words: Annotated[list[str] | None, typer.Argument(
-        metavar="[PROFILE | show [PROFILE] | list]",
-        help="A profile name to write, or 'show [PROFILE]' or 'list'.", show_default=False)]
+        metavar="[show|list|delete] [PROFILE]",
+        help="A profile name to write, or 'show [PROFILE]', 'list' or 'delete PROFILE'.",
+        show_default=False)]
         = None,
     source: SourceOpt = None,
     target: TargetOpt = None,
@@ -80,12 +95,14 @@ def configure(
 
     out = make_output(ctx, output, quiet, verbose)
     words = list(words or [])
-    action = words[0] if words and words[0] in ("show", "list") else "set"
+    action = words[0] if words and words[0] in cfg.RESERVED_PROFILE_NAMES else "set"
     args = words[1:] if action != "set" else words
     if len(args) > (0 if action == "list" else 1):
-        out.fail(BadInput(f"too many arguments: {' '.join(words)}",
-                          hint="amlpromote configure [PROFILE] | show [PROFILE] | list"))
-        raise typer.Exit(2)
+        run(out, lambda: _refuse(f"too many arguments: {' '.join(words)}", hint=_USAGE))
+    if action == "delete" and not args:
+        run(out, lambda: _refuse("configure delete needs the PROFILE to delete",
+                                 hint="amlpromote configure delete PROFILE "
+                                      "(amlpromote configure list shows the profiles)"))
     profile_name = args[0] if args else None
     # Typer fills options from the environment too; only values typed on this command line
     # are written into a profile (an AMLPROMOTE_* variable of the CI job must not be stored).
@@ -94,11 +111,22 @@ def configure(
         "resource_group": resource_group, "subscription": subscription, "registry": registry,
         "credential": credential}.items()
         if value is not None and _typed(ctx, key)}
+    if action != "set" and (updates or check):
+        # An option show/list/delete would ignore is a mistake to report, not to ignore.
+        flags = [_SETTING_FLAGS[key] for key in updates] + (["--check"] if check else [])
+        run(out, lambda: _refuse(
+            f"configure {action} takes no settings: {', '.join(flags)}",
+            hint=f"settings and --check go to amlpromote configure {profile_name or 'PROFILE'}"
+                 f" {flags[0]} ...; {action} takes "
+                 f"{'nothing else' if action == 'list' else 'only a profile name'}"))
 
     if action == "list":
         run(out, lambda: _list(out))
     elif action == "show":
         run(out, lambda: _show(out, profile_name))
+    elif action == "delete":
+        assert profile_name is not None
+        run(out, lambda: _delete(out, profile_name))
     else:
         name = profile_name or cfg.DEFAULT_PROFILE
         if updates or not check:
@@ -107,6 +135,10 @@ def configure(
             code = run(out, lambda: _check(out, name, profile_name is not None, updates))
             if code:
                 raise typer.Exit(code)
+
+
+def _refuse(message: str, hint: str) -> None:
+    raise BadInput(message, hint=hint)
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:
@@ -166,12 +198,16 @@ def _check(out: Any, name: str, explicit: bool, options: dict[str, str]) -> int:
     out.note("checking the target ...")
     results.append(check_target(resolve_target(dict(options), profile)))
     failed = [r for r in results if r.status == "failed"]
-    document = {"profile": name, "status": "failed" if failed else "ok",
-                "checks": [r.as_dict() for r in results]}
+    document: dict[str, Any] = {"profile": name, "status": "failed" if failed else "ok",
+                                "checks": [r.as_dict() for r in results]}
+    if failed:
+        # As every failure in JSON mode: the first failed side's error, hint and exit code.
+        document.update(error=f"{failed[0].side}: {failed[0].error}", hint=failed[0].hint or "",
+                        exit_code=failed[0].exit_code)
 
     def human() -> None:
         for r in results:
-            mark = {"ok": "ok", "missing": "ok", "failed": "FAILED"}[r.status]
+            mark = {"ok": "ok", "missing": "missing", "failed": "FAILED"}[r.status]
             print(f"{r.side:<7} {mark:<7} {r.registry}")
             if r.status == "failed":
                 print(f"        error: {r.error}")
@@ -217,6 +253,13 @@ def _show(out: Any, name: str | None) -> None:
         print(f"  -> target: {choice.display}")
 
     out.result(document, human)
+
+
+def _delete(out: Any, name: str) -> None:
+    config = cfg.delete_profile(name)
+    document = {"status": "deleted", "profile": name, "path": str(config.path)}
+    out.result(document, lambda: print(f"deleted profile '{name}' from {config.path}"),
+               quiet_line=name)
 
 
 def _target_cell(row: dict[str, str]) -> str:

@@ -13,20 +13,27 @@ class OutputMode(str, Enum):
     json = "json"
 
 
+# The global options are taken before or after the command name, so each is declared twice (on
+# the app and on the command). Their variables are read by `app.make_output`, not by Typer: Typer
+# would read them for the copy that was not typed, and a bad AMLPROMOTE_OUTPUT would then fail a
+# command that says `-o json`.
 OutputOpt = Annotated[
     OutputMode | None,
-    typer.Option("--output", "-o", envvar="AMLPROMOTE_OUTPUT", case_sensitive=False,
-                 help="Result format: human (tables) or json (one document on stdout)."),
+    typer.Option("--output", "-o", case_sensitive=False,
+                 help="Result format: human (tables) or json (one document on stdout, also on "
+                      "failure).  [env var: AMLPROMOTE_OUTPUT]"),
 ]
 QuietOpt = Annotated[
     bool | None,
-    typer.Option("--quiet", "-q", envvar="AMLPROMOTE_QUIET",
-                 help="Print only the essential result; no progress, no notes."),
+    typer.Option("--quiet", "-q",
+                 help="Print only the essential result; no progress, no notes.  "
+                      "[env var: AMLPROMOTE_QUIET]"),
 ]
 VerboseOpt = Annotated[
     bool | None,
-    typer.Option("--verbose", "-v", envvar="AMLPROMOTE_VERBOSE",
-                 help="Say which setting won and why; show tracebacks of failures."),
+    typer.Option("--verbose", "-v",
+                 help="Say which setting won and why; show tracebacks of failures.  "
+                      "[env var: AMLPROMOTE_VERBOSE]"),
 ]
 ProfileOpt = Annotated[
     str | None,

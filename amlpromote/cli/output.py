@@ -69,6 +69,9 @@ def configure_logging(verbose: bool) -> None:
     # azure-identity logs every credential of a failed chain as a multi-line WARNING; the
     # AuthFailed error already says it in one line (core/azure.py).
     logging.getLogger("azure.identity").setLevel(logging.INFO if verbose else logging.ERROR)
+    # MLflow's sqlalchemy stores log each database error at ERROR, with its traceback, before
+    # raising it; the one `error:` line says it (core/registry.py translate_mlflow_error).
+    logging.getLogger("mlflow.store.db").setLevel(logging.INFO if verbose else logging.CRITICAL)
     if not verbose:
         warnings.filterwarnings("ignore")
         # MLflow configures its own handler on import; keep it quiet unless asked.
@@ -127,27 +130,28 @@ class Output:
         if error.hint and not self.quiet:
             print(f"hint: {error.hint}", file=self._err(), flush=True)
         if self.json:
-            print(json.dumps({"status": "error", "error": {
-                "kind": error.kind, "message": redact_text(error.message),
-                "hint": redact_text(error.hint or ""), "exit_code": error.exit_code}},
-                indent=2), flush=True)
+            self._failure_document(error.message, error.hint or "", error.exit_code, error.kind)
         return error.exit_code
 
     def crash(self, exc: BaseException) -> int:
         """An unexpected exception is a bug: short line, traceback only with --verbose."""
         if self.verbose:
             traceback.print_exception(exc, file=self._err())
-        name = exc.__class__.__name__
-        print(f"error: internal error ({name}: {redact_text(str(exc))[:300]})",
-              file=self._err(), flush=True)
+        message = f"internal error ({exc.__class__.__name__}: {redact_text(str(exc))[:300]})"
+        hint = "run again with --verbose (or AMLPROMOTE_DEBUG=1) for the traceback, and report it"
+        print(f"error: {message}", file=self._err(), flush=True)
         if not self.verbose:
-            print("hint: run again with --verbose (or AMLPROMOTE_DEBUG=1) for the traceback, "
-                  "and report it", file=self._err(), flush=True)
+            print(f"hint: {hint}", file=self._err(), flush=True)
         if self.json:
-            print(json.dumps({"status": "error", "error": {
-                "kind": "internal", "message": f"{name}: {redact_text(str(exc))[:300]}",
-                "hint": "", "exit_code": EXIT_FAILED}}, indent=2), flush=True)
+            self._failure_document(message, hint, EXIT_FAILED, "internal")
         return EXIT_FAILED
+
+    def _failure_document(self, message: str, hint: str, exit_code: int, kind: str) -> None:
+        # The one shape of every failure in JSON mode (README "JSON output"); the same message
+        # and hint go to stderr for a human reading the CI log.
+        print(json.dumps({"status": "failed", "error": redact_text(message),
+                          "hint": redact_text(hint), "exit_code": exit_code, "kind": kind},
+                         indent=2), flush=True)
 
     def progress(self) -> Any:
         """A transfer progress bar on an interactive stderr, otherwise None."""
@@ -198,8 +202,12 @@ class RichTransferProgress:
         self._progress.update(self._task, files=f"{done}/{self._files} files")
 
     def finish(self) -> None:
-        self._progress.stop()
+        """Erase the bar; core calls it when a transfer ends in any way (an interrupt too), so
+        the error line is not drawn over. Safe to call again."""
+        if self._task is None:
+            return
         self._task = None
+        self._progress.stop()
 
 
 def human_bytes(count: int) -> str:

@@ -21,6 +21,8 @@ from amlpromote.core.errors import BadInput, NotFound, OperationFailed
 from amlpromote.core.uris import parse_registry_uri, redact_uri
 
 DEFAULT_PROFILE = "default"
+# Words of `amlpromote configure` that cannot be profile names.
+RESERVED_PROFILE_NAMES = ("show", "list", "delete")
 # The keys a profile may hold, with the environment variable that overrides each.
 PROFILE_KEYS: dict[str, str] = {
     "source": "AMLPROMOTE_SOURCE",
@@ -118,16 +120,44 @@ def load_config() -> ConfigFile:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BadInput(f"the config file {path} is not valid TOML: {exc}",
                        hint="fix or delete it, then run amlpromote configure again") from exc
+    # A key the tool does not know is refused rather than skipped: a typo (`tagret`) or a value
+    # of the wrong type (`target = ["..."]`) would otherwise send a copy somewhere else.
+    fix = f"edit {path} (or delete it and run amlpromote configure again)"
+    unknown = sorted(set(data) - {"profiles"})
+    if unknown:
+        raise BadInput(f"unknown key '{unknown[0]}' in {path}; it holds only [profiles.NAME] "
+                       "tables", hint=fix)
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict):
-        raise BadInput(f"'profiles' in {path} must be a table", hint="fix or delete the file")
+        raise BadInput(f"'profiles' in {path} must be a table", hint=fix)
     clean: dict[str, dict[str, str]] = {}
     for name, values in profiles.items():
         if not isinstance(values, dict):
-            raise BadInput(f"profile '{name}' in {path} must be a table",
-                           hint="fix or delete the file")
-        clean[name] = {k: str(v) for k, v in values.items() if isinstance(v, str | int | bool)}
+            raise BadInput(f"profile '{name}' in {path} must be a table of settings, not "
+                           f"{_toml_type(values)}", hint=fix)
+        for key, value in values.items():
+            if key not in PROFILE_KEYS:
+                raise BadInput(f"unknown setting '{key}' in profile '{name}' of {path}",
+                               hint=f"known settings: {', '.join(sorted(PROFILE_KEYS))}; {fix}")
+            if not isinstance(value, str):
+                raise BadInput(f"setting '{key}' in profile '{name}' of {path} must be a "
+                               f"string, not {_toml_type(value)}", hint=fix)
+        clean[name] = dict(values)
     return ConfigFile(path, clean)
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, str):
+        return "a string"
+    return "a date or time"
 
 
 def _toml_string(value: str) -> str:
@@ -167,6 +197,22 @@ def save_config(config: ConfigFile) -> None:
             from exc
 
 
+def _carries_secret(uri: str) -> bool:
+    """A password in the user info or a secret query parameter; a user name alone
+    (`postgresql://promoter@db/mlflow`, the password in ~/.pgpass) is not a secret."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+        if parts.password is not None:
+            return True
+    except ValueError:
+        return True
+    host = parts.netloc.rsplit("@", 1)[-1]
+    without_user = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return redact_uri(without_user) != without_user
+
+
 def validate_profile_value(key: str, value: str) -> str:
     """Check a value before it is stored; URIs with credentials are refused."""
     if key not in PROFILE_KEYS:
@@ -174,7 +220,7 @@ def validate_profile_value(key: str, value: str) -> str:
                        hint="known settings: " + ", ".join(sorted(PROFILE_KEYS)))
     if key in ("source", "target"):
         parsed = parse_registry_uri(value, role=key)
-        if redact_uri(parsed.uri) != parsed.uri:
+        if _carries_secret(parsed.uri):
             raise BadInput(
                 f"the {key} URI carries credentials; they are never stored in the config file",
                 hint="drop them from the URI and give them through MLFLOW_TRACKING_USERNAME/"
@@ -210,11 +256,18 @@ def resolve(key: str, option: str | None, profile: dict[str, str],
     return Setting(default, "default")
 
 
+def check_profile_name(name: str, origin: str = "profile") -> None:
+    """A name a profile can be stored and called by; `origin` names where it was given."""
+    if not name or any(c in name for c in "[]\"'\n\\") or name in RESERVED_PROFILE_NAMES:
+        where = "" if origin == "profile" else f" ({origin})"
+        raise BadInput(f"'{name}' is not a usable profile name{where}",
+                       hint="use letters, digits, '-', '_' or '.'; "
+                            f"{', '.join(RESERVED_PROFILE_NAMES)} are reserved")
+
+
 def save_profile(name: str, updates: dict[str, str | None]) -> tuple[ConfigFile, dict[str, str]]:
     """Set (or, with an empty value, remove) settings of one profile and write the file."""
-    if not name or any(c in name for c in "[]\"'\n\\") or name in ("show", "list"):
-        raise BadInput(f"'{name}' is not a usable profile name",
-                       hint="use letters, digits, '-', '_' or '.'")
+    check_profile_name(name)
     config = load_config()
     profile = dict(config.profiles.get(name, {}))
     for key, value in updates.items():
@@ -236,6 +289,18 @@ def save_profile(name: str, updates: dict[str, str | None]) -> tuple[ConfigFile,
     config.profiles[name] = profile
     save_config(config)
     return config, profile
+
+
+def delete_profile(name: str) -> ConfigFile:
+    """Remove one profile and write the file atomically; NotFound if it is not there."""
+    config = load_config()
+    if name not in config.profiles:
+        known = ", ".join(sorted(config.profiles)) or "none"
+        raise NotFound(f"profile '{name}' is not in {config.path} (profiles: {known})",
+                       hint="amlpromote configure list shows the profiles; nothing was changed")
+    del config.profiles[name]
+    save_config(config)
+    return config
 
 
 def effective_settings(name: str, explicit: bool) -> dict[str, Setting]:

@@ -18,6 +18,8 @@ from amlpromote.core.errors import BadInput
 T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Retries of a failing file transfer unless AMLPROMOTE_RETRIES says otherwise.
+DEFAULT_RETRIES = 5
 
 
 class TransientError(Exception):
@@ -38,15 +40,18 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
-        raw = os.environ.get("AMLPROMOTE_RETRIES", "5")
+        """The policy `AMLPROMOTE_RETRIES` asks for; commands check it when they start
+        (`settings.check_environment`), so a bad value fails before anything is read."""
+        raw = os.environ.get("AMLPROMOTE_RETRIES", "").strip() or str(DEFAULT_RETRIES)
         try:
-            attempts = int(raw) + 1
+            retries = int(raw)
         except ValueError:
-            # A malformed setting is the user's input, not a crash in the middle of a transfer.
-            raise BadInput(f"AMLPROMOTE_RETRIES={raw!r} is not a whole number",
-                           hint="set AMLPROMOTE_RETRIES to the number of retries (default 5)") \
-                from None
-        return cls(attempts=max(1, attempts))
+            retries = -1
+        if retries < 0:
+            raise BadInput(f"AMLPROMOTE_RETRIES={raw!r} is not a whole number of retries",
+                           hint=f"set AMLPROMOTE_RETRIES to 0 or more (default {DEFAULT_RETRIES}),"
+                                " or unset it")
+        return cls(attempts=retries + 1)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

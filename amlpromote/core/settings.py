@@ -5,17 +5,20 @@ its coordinates (`--workspace` with `--resource-group` and `--subscription`), or
 registry (`--registry`). The coordinates are what a user knows; the workspace's MLflow tracking
 URI is discovered through Azure Resource Manager when the command runs, never typed. When more
 than one kind is set, the one from the strongest origin wins; two at the same level are an error.
+
+Every `AMLPROMOTE_*` variable is checked when a command starts (`check_environment`), so a typo
+in a CI job's environment fails before anything is read or written, naming the variable.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
 from amlpromote.core import config as cfg
 from amlpromote.core.errors import BadInput
-from amlpromote.core.uris import RegistryUri, parse_registry_uri
+from amlpromote.core.uris import RegistryUri, parse_registry_uri, redact_uri
 
 _RANK = {"option": 3, "environment": 2, "profile": 1, "default": 0}
 _FLAG = {"target": "--target", "workspace": "--workspace", "registry": "--registry"}
@@ -133,3 +136,114 @@ def target_options(target: str | None, workspace: str | None, resource_group: st
     """The command-line values of the target settings, keyed like the profile."""
     return {"target": target, "workspace": workspace, "resource_group": resource_group,
             "subscription": subscription, "registry": registry, "credential": credential}
+
+
+# -- the AMLPROMOTE_* environment -------------------------------------------------------------
+
+# The boolean spellings Typer accepts for a flag's environment variable (pydantic's set), so a
+# value means the same whether Typer or this module reads it.
+_TRUE = ("1", "true", "t", "yes", "y", "on")
+_FALSE = ("0", "false", "f", "no", "n", "off")
+OUTPUT_MODES = ("human", "json")
+# As the bounds of copy-model's --parallel.
+PARALLEL_RANGE = (1, 64)
+
+
+def env_flag(name: str) -> bool | None:
+    """A boolean `AMLPROMOTE_*` variable: None when unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise BadInput(f"{name}={raw!r} is not true or false",
+                   hint=f"set {name} to 1/true/yes or 0/false/no, or unset it")
+
+
+def env_output_mode() -> str | None:
+    """`AMLPROMOTE_OUTPUT`, lower-cased: None when unset or empty."""
+    raw = os.environ.get("AMLPROMOTE_OUTPUT", "").strip()
+    if not raw:
+        return None
+    if raw.lower() not in OUTPUT_MODES:
+        raise BadInput(f"AMLPROMOTE_OUTPUT={raw!r} is not an output format",
+                       hint="set AMLPROMOTE_OUTPUT to human or json, unset it, or pass "
+                            "--output")
+    return raw.lower()
+
+
+def _check_parallel(name: str, raw: str) -> None:
+    low, high = PARALLEL_RANGE
+    if not raw.strip().isdigit() or not low <= int(raw) <= high:
+        raise BadInput(f"{name}={raw!r} is not a whole number from {low} to {high}",
+                       hint=f"set {name} to the number of files transferred at once "
+                            "(default 8), or unset it")
+
+
+def _check_retries(name: str, raw: str) -> None:
+    from amlpromote.core.retry import RetryPolicy
+
+    RetryPolicy.from_env()
+
+
+def _check_profile_name(name: str, raw: str) -> None:
+    cfg.check_profile_name(raw, origin=name)
+
+
+def _check_setting(key: str) -> Callable[[str, str], None]:
+    def check(name: str, raw: str) -> None:
+        try:
+            if key == "source":
+                # Sources may carry credentials in the URI (they are never stored or shown).
+                parse_registry_uri(raw, "source")
+            else:
+                cfg.validate_profile_value(key, raw)
+        except BadInput as exc:
+            raise BadInput(f"{name}={redact_uri(raw)!r}: {exc.message}",
+                           hint=f"{exc.hint}; or unset {name}" if exc.hint else
+                           f"fix or unset {name}") from None
+    return check
+
+
+def _check_flag(name: str, raw: str) -> None:
+    env_flag(name)
+
+
+def _check_output(name: str, raw: str) -> None:
+    env_output_mode()
+
+
+# Each variable amlpromote reads, with its check (a free-form value has none). A new variable
+# belongs here too, so that it is checked with the others when a command starts.
+ENVIRONMENT: dict[str, Callable[[str, str], None] | None] = {
+    "AMLPROMOTE_CONFIG": None,
+    "AMLPROMOTE_DATA_DIR": None,
+    "AMLPROMOTE_PROFILE": _check_profile_name,
+    "AMLPROMOTE_SOURCE": _check_setting("source"),
+    **{env: _check_setting(key) for key, env in cfg.PROFILE_KEYS.items() if key != "source"},
+    "AMLPROMOTE_TARGET_NAME": None,
+    "AMLPROMOTE_OUTPUT": _check_output,
+    "AMLPROMOTE_QUIET": _check_flag,
+    "AMLPROMOTE_VERBOSE": _check_flag,
+    "AMLPROMOTE_DEBUG": _check_flag,
+    "AMLPROMOTE_COPY_ALIASES": _check_flag,
+    "AMLPROMOTE_VERIFY": _check_flag,
+    "AMLPROMOTE_PARALLEL": _check_parallel,
+    "AMLPROMOTE_RETRIES": _check_retries,
+}
+
+
+def check_environment(given: Collection[str] = ()) -> None:
+    """Check every `AMLPROMOTE_*` variable that is set, before a command reads or writes anything.
+
+    `given` names the variables whose option was typed on the command line: the option wins, so
+    the variable is not used and not checked. An empty value counts as unset, as for Typer.
+    Raises BadInput naming the first bad variable.
+    """
+    for name, check in ENVIRONMENT.items():
+        raw = os.environ.get(name, "")
+        if check is None or name in given or not raw.strip():
+            continue
+        check(name, raw)

@@ -44,8 +44,9 @@ What real clients send here (measured by logging every request; mlflow 3.15, azu
   long-running operation (201 + `Azure-AsyncOperation`, InProgress for REGISTRY_LRO_SECONDS), 400
   when `modelUri` holds no files (or an `mlflow_model` no MLmodel), 409 when an existing
   version's asset path would change; `GET .../versions` lists (404 for a model without
-  versions); `POST .../registries/R/datareferences/N/versions/V` gives a read SAS of a version's
-  files. A registry's versions live in the box, not in its MLflow backend.
+  versions), `GET .../registries/R/models` lists the models that have a version
+  (RegistryModelContainers); `POST .../registries/R/datareferences/N/versions/V` gives a
+  read SAS of a version's files. A registry's versions live in the box, not in its MLflow backend.
 - Tokens carry the identity's tenant; a token of another tenant gets 401
   InvalidAuthenticationTokenTenant everywhere (`add_identity(name, tenant_id=...)`).
 
@@ -126,6 +127,8 @@ _ARM_MODEL_VERSION = re.compile(
 # machinelearningservices, RegistryModelVersions / RegistryDataReferences): list, start a pending
 # upload (a SAS of a temporary blob container), and a SAS to read a version's files.
 _ARM_MODEL_VERSIONS = re.compile(rf"^{_SCOPE}/models/(?P<model>[^/]+)/versions/?$", re.IGNORECASE)
+# A registry's model containers (RegistryModelContainers_List), what `amlpromote models list` reads.
+_ARM_MODEL_CONTAINERS = re.compile(rf"^{_SCOPE}/models/?$", re.IGNORECASE)
 _ARM_PENDING_UPLOAD = re.compile(
     rf"^{_SCOPE}/models/(?P<model>[^/]+)/versions/(?P<version>[^/]+)/startPendingUpload/?$",
     re.IGNORECASE,
@@ -952,6 +955,8 @@ class AzureMLBox:
             return "arm", self._handle_arm_operation, m
         if m := _ARM_MODEL_VERSIONS.match(path):
             return "arm", self._handle_registry_model_versions, m
+        if m := _ARM_MODEL_CONTAINERS.match(path):
+            return "arm", self._handle_registry_model_containers, m
         if m := _ARM_MODEL_VERSION.match(path):
             return "arm", self._handle_arm_model_version, m
         if m := _ARM_RESOURCE.match(path):
@@ -1792,6 +1797,46 @@ class AzureMLBox:
             next_link = f"{self.url}{req.raw_path}?{urlencode(query)}"
         return _Response.json(200, {"value": [self._registry_version_json(found, r)
                                               for r in page], "nextLink": next_link})
+
+    def _handle_registry_model_containers(self, req: _Request, m: re.Match[str] | None) \
+            -> _Response:
+        """List a registry's models (one container per model with a version), paged by
+        `$skip` in `nextLink` like the versions list; `$top` sets the page size."""
+        assert m is not None
+        if req.method != "GET":
+            return self._arm_error(405, "MethodNotAllowed", f"{req.method} is not allowed.")
+        found = self._registry_scope(req, m, "models/read")
+        if isinstance(found, _Response):
+            return found
+        with found.lock:
+            by_name: dict[str, list[_RegistryVersion]] = {}
+            for (name, _), record in found.model_versions.items():
+                by_name.setdefault(name, []).append(record)
+        names = sorted(by_name)
+        start = int(req.query.get("$skip") or 0)
+        size = int(req.query.get("$top") or _LIST_PAGE_SIZE)
+        next_link = None
+        if start + size < len(names):
+            query = {k: v for k, v in req.query.items() if k != "$skip"}
+            query["$skip"] = str(start + size)
+            next_link = f"{self.url}{req.raw_path}?{urlencode(query)}"
+        value = []
+        for name in names[start:start + size]:
+            numbers = [int(r.version) for r in by_name[name] if r.version.isdigit()]
+            created = _iso(min(r.created for r in by_name[name]))
+            value.append({
+                "id": f"{found.arm_id}/models/{name}",
+                "name": name,
+                "type": f"{PROVIDER}/registries/models",
+                "systemData": {"createdAt": created, "createdBy": "amlpromote-tests",
+                               "createdByType": "Application", "lastModifiedAt": created},
+                "properties": {"description": None, "tags": {}, "properties": {},
+                               "isArchived": False,
+                               "latestVersion": str(max(numbers)) if numbers else None,
+                               "nextVersion": str(max(numbers, default=0) + 1),
+                               "provisioningState": "Succeeded"},
+            })
+        return _Response.json(200, {"value": value, "nextLink": next_link})
 
     def _handle_arm_operation(self, req: _Request, m: re.Match[str] | None) -> _Response:
         assert m is not None

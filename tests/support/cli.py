@@ -47,18 +47,26 @@ class Run:
 
 
 def cli(*args: str, env: Mapping[str, str] | None = None) -> Run:
-    """`amlpromote ARGS` in this process, with `env` set for the run."""
+    """`amlpromote ARGS` in this process, with `env` set for the run, through the console
+    script's own entry (`run_command_line`: usage errors rendered like every other failure)."""
     from typer.testing import CliRunner
 
-    from amlpromote.cli.app import app
+    from amlpromote.cli.app import run_command_line
 
     started = time.monotonic()
-    result = CliRunner().invoke(app, list(args), env=dict(env or {}))
-    seconds = time.monotonic() - started
-    # CliRunner swallows exceptions; anything but typer's SystemExit escaped the CLI's handling.
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"the CLI raised {result.exception!r}") from result.exception
-    return Run(result.exit_code, result.stdout, result.stderr, seconds)
+    # CliRunner's isolation swaps the standard streams and the environment for the run.
+    with CliRunner().isolation(env=dict(env or {})) as (stdout, stderr, _):
+        try:
+            code = run_command_line(list(args))
+        except SystemExit as exc:  # a sys.exit() below the CLI's own handling
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except Exception as exc:
+            raise AssertionError(f"the CLI raised {exc!r}") from exc
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        out, err = stdout.getvalue().decode(), stderr.getvalue().decode()
+    return Run(code, out, err, time.monotonic() - started)
 
 
 @dataclass(frozen=True)
