@@ -38,6 +38,7 @@ from support.models import (
     HEART_VERSION_DESCRIPTION,
     HEART_VERSION_TAGS,
     register_heart_model,
+    register_raw_model,
     sha256_tree,
 )
 
@@ -170,6 +171,42 @@ def heart(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
     return Heart(name, version, folder, hashes)
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A model with one version per legacy stage: which version each stage holds, and the
+    bytes of each version (all different)."""
+
+    name: str
+    stage_version: dict[str, str]  # "Production" / "Staging" / "None" -> version
+    hashes: dict[str, dict[str, str]]  # version -> its stored files' sha256
+
+
+@pytest.fixture(scope="module")
+def staged(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Staged:
+    """Registered in the backing server: v1 Production, v2 Staging, v3 in no stage (the latest).
+    Stages are set on the server itself, as a workspace user would in the UI."""
+    name = f"dbx-stages-{uuid.uuid4().hex[:8]}"
+    client = mlflow_client(mlflow_server.tracking_uri)
+    hashes: dict[str, dict[str, str]] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("dbx-stages-cwd"))
+        for n in range(1, 4):
+            files = {"MLmodel": f"artifact_path: model\nflavors: {{}}\nrelease: {n}\n".encode(),
+                     "weights.bin": bytes([n]) * (1000 * n)}
+            version = register_raw_model(mlflow_server.tracking_uri, name, files)
+            hashes[version] = {path: hashlib.sha256(data).hexdigest()
+                               for path, data in files.items()}
+    stage_version = {"Production": "1", "Staging": "2", "None": "3"}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stages are deprecated in mlflow 3; workspaces have them
+        for stage in ("Production", "Staging"):
+            client.transition_model_version_stage(name, stage_version[stage], stage)
+    assert sorted(hashes) == ["1", "2", "3"]
+    return Staged(name, stage_version, hashes)
+
+
 @pytest.fixture(autouse=True)
 def databricks_isolated(
     isolated_environment: Path, monkeypatch: pytest.MonkeyPatch
@@ -188,8 +225,10 @@ def clean_box(box: DatabricksBox) -> Iterator[DatabricksBox]:
     """The module's box with no faults and an empty request log, left that way."""
     box.clear_faults()
     box.clear_requests()
+    box.token_refusal = "json"
     yield box
     box.clear_faults()
+    box.token_refusal = "json"
 
 
 @pytest.fixture
@@ -415,6 +454,54 @@ def test_latest_and_stage_references_resolve(
     assert sha256_tree(target_folder(target, "heart-from-dbx", "1")) == heart.hashes
 
 
+@pytest.mark.parametrize("route", ["rest", "sdk"])
+@pytest.mark.parametrize("stage", ["Production", "Staging"])
+def test_a_stage_reference_copies_the_version_in_that_stage(
+    clean_box: DatabricksBox,
+    staged: Staged,
+    target: str,
+    isolated_environment: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stage: str,
+    route: str,
+) -> None:
+    """NAME/Production and NAME/Staging on the workspace registry (which has stages): the
+    version in that stage, not the latest, byte for byte."""
+    source = use_route(clean_box, isolated_environment, route)
+    for key, value in clean_box.tls_env().items():
+        monkeypatch.setenv(key, value)
+    wanted = staged.stage_version[stage]
+
+    run = cli("copy-model", f"{staged.name}/{stage}", "--source", source, "--target", target,
+              "--output", "json")  # fmt: skip
+
+    assert run.code == 0, run.both
+    document = json.loads(run.stdout)
+    assert document["status"] == "copied"
+    assert document["source"]["version"] == wanted != staged.stage_version["None"]
+    assert document["source"]["digest"] == digest_of(staged.hashes[wanted])
+    name, version = document["target"]["name"], document["target"]["version"]
+    assert sha256_tree(target_folder(target, name, version)) == staged.hashes[wanted]
+    assert mlflow_client(target).get_model_version(name, version).tags[
+        "amlpromote.source.version"] == wanted
+    # Resolved by the workspace registry's own answers, through the box.
+    assert clean_box.requests_to("/api/2.0/mlflow/model-versions/search")
+    assert {r.bearer for r in clean_box.requests_to("/api/")} == {
+        DatabricksBox.fingerprint(clean_box.token)}
+
+
+def test_a_stage_without_versions_is_exit_3(
+    clean_box: DatabricksBox, staged: Staged, target: str, profile_source: str
+) -> None:
+    run = cli("copy-model", f"{staged.name}/Archived", "--source", profile_source,
+              "--target", target)  # fmt: skip
+
+    assert run.code == 3, run.both
+    assert f"model '{staged.name}' has no versions in stage Archived" in run.stderr
+    assert "Traceback" not in run.both
+    assert versions_of(target, staged.name) == []
+
+
 # -- failures -----------------------------------------------------------------------------------
 
 
@@ -449,13 +536,16 @@ def test_a_bad_token_is_exit_4_naming_where_to_fix_it(
     assert ("Traceback" in run.both) == verbose
     error = next(line for line in run.stderr.splitlines() if "refused the token" in line)
     assert clean_box.host in error
+    assert "refused the token (HTTP 403): it is expired, revoked or wrong" in error
+    assert "CAN READ" not in run.stderr  # not a permission on the model
     if how == "profile":
         assert f"profile {PROFILE}" in error
         assert f"check the token in ~/.databrickscfg profile {PROFILE}" in run.stderr
     else:
         assert "DATABRICKS_HOST" in error
         assert "check DATABRICKS_TOKEN" in run.stderr
-    assert {r.status for r in clean_box.requests_to("/api/")} == {401}
+    # A real workspace refuses a wrong token with 403, not 401 (see the box's sources).
+    assert {(r.status, r.auth) for r in clean_box.requests_to("/api/")} == {(403, "invalid")}
     assert versions_of(target, heart.name) == []  # nothing half-written
 
 
@@ -477,7 +567,91 @@ def test_a_revoked_token_is_exit_4(
 
     assert run.code == 4, run.both
     assert token not in run.both
-    assert "refused the token (HTTP 401)" in run.stderr
+    assert "refused the token (HTTP 403): it is expired, revoked or wrong" in run.stderr
+    assert {r.auth for r in clean_box.requests_to("/api/")} == {"revoked"}
+
+
+def use_route(box: DatabricksBox, home: Path, route: str, token: str | None = None) -> str:
+    """Write the PROFILE the CLI will use; the source URI. "rest": host and token only (our
+    REST client); "sdk": the same plus a databricks-sdk setting the REST route does not
+    reproduce (`rate_limit`), so the call goes through MlflowClient and databricks-sdk."""
+    path = box.write_databrickscfg(home, PROFILE, token=token)
+    if route == "sdk":
+        with path.open("a") as handle:
+            handle.write("rate_limit = 1000\n")
+    registry = MlflowRegistry(parse_registry_uri(f"databricks://{PROFILE}"))
+    assert registry.uses_rest == (route == "rest")
+    return f"databricks://{PROFILE}"
+
+
+@pytest.mark.parametrize("route", ["rest", "sdk"])
+@pytest.mark.parametrize("form", ["json", "html"])
+def test_a_refused_token_in_either_form_is_exit_4_saying_so(
+    clean_box: DatabricksBox,
+    heart: Heart,
+    target: str,
+    isolated_environment: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    form: str,
+    route: str,
+) -> None:
+    """A revoked token gets today's JSON 403 (numeric error_code) or an older workspace's HTML
+    403 page; both routes say the token was refused, never "ask for CAN READ", and no page."""
+    token = clean_box.add_token()
+    source = use_route(clean_box, isolated_environment, route, token=token)
+    for key, value in clean_box.tls_env().items():
+        monkeypatch.setenv(key, value)
+    clean_box.revoke_token(token)
+    clean_box.token_refusal = form
+
+    run = cli("copy-model", f"{heart.name}/{heart.version}", "--source", source,
+              "--target", target)  # fmt: skip
+
+    assert run.code == 4, run.both
+    error = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, run.stderr
+    assert f"Databricks workspace {clean_box.host} (profile {PROFILE}) refused the token " \
+           "(HTTP 403): it is expired, revoked or wrong" in error[0]
+    hint = [line for line in run.stderr.splitlines() if line.startswith("hint:")]
+    assert hint and f"check the token in ~/.databrickscfg profile {PROFILE}" in hint[0]
+    assert "create a new personal access token" in hint[0]
+    assert "CAN READ" not in run.stderr
+    # Neither the page nor the SDK's config dump reaches the user; nor any token.
+    for page_text in ("<", "HTTP ERROR", "Problem accessing", "Config:", "FORBIDDEN"):
+        assert page_text not in run.both, page_text
+    assert token not in run.both and clean_box.token not in run.both
+    assert "Traceback" not in run.both
+    refused = clean_box.requests_to("/api/")
+    assert refused and {(r.status, r.auth) for r in refused} == {(403, "revoked")}
+    assert not clean_box.requests_to("/blob/")
+    assert versions_of(target, heart.name) == []
+
+
+@pytest.mark.parametrize("route", ["rest", "sdk"])
+def test_a_valid_token_without_permission_is_exit_4_asking_for_can_read(
+    clean_box: DatabricksBox,
+    heart: Heart,
+    target: str,
+    isolated_environment: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    route: str,
+) -> None:
+    """403 PERMISSION_DENIED on a token the workspace accepts: the model's permission."""
+    source = use_route(clean_box, isolated_environment, route)
+    for key, value in clean_box.tls_env().items():
+        monkeypatch.setenv(key, value)
+    clean_box.inject_fault(403, count=1000, path_contains="/api/2.0/mlflow/")
+
+    run = cli("copy-model", f"{heart.name}/{heart.version}", "--source", source,
+              "--target", target)  # fmt: skip
+
+    assert run.code == 4, run.both
+    assert "refused access (HTTP 403)" in run.stderr
+    assert "ask for CAN READ on it" in run.stderr
+    assert "refused the token" not in run.stderr
+    assert clean_box.token not in run.both
+    denied = clean_box.requests_to("/api/2.0/mlflow/")
+    assert denied and {(r.status, r.auth) for r in denied} == {(403, "ok")}
 
 
 def test_unknown_model_and_version_are_exit_3(
@@ -496,16 +670,30 @@ def test_unknown_model_and_version_are_exit_3(
     assert "Traceback" not in missing_model.both + missing_version.both
 
 
+@pytest.mark.parametrize("route", ["rest", "sdk"])
 def test_an_alias_on_the_workspace_registry_is_a_clear_error(
-    clean_box: DatabricksBox, heart: Heart, target: str, profile_source: str
+    clean_box: DatabricksBox,
+    heart: Heart,
+    target: str,
+    isolated_environment: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    route: str,
 ) -> None:
-    run = cli("copy-model", f"{heart.name}@champion", "--source", profile_source,
+    """The backing server has alias champion, the workspace registry has no aliases: exit 2
+    with README's message, whichever client would have been used."""
+    source = use_route(clean_box, isolated_environment, route)
+    for key, value in clean_box.tls_env().items():
+        monkeypatch.setenv(key, value)
+    run = cli("copy-model", f"{heart.name}@champion", "--source", source,
               "--target", target)  # fmt: skip
 
     assert run.code == 2, run.both
-    assert "workspace model registry has no aliases" in run.stderr
+    assert f"error: '{heart.name}@champion': the Databricks workspace model registry has no " \
+           "aliases" in run.stderr
+    assert "NAME/Production" in run.stderr  # what to write instead
     assert "databricks-uc://" in run.stderr  # where aliases do exist
     assert not clean_box.requests_to("/api/")  # refused before any call
+    assert versions_of(target, heart.name) == []
 
 
 def test_a_missing_profile_is_exit_3_and_no_configuration_exit_2(
@@ -575,6 +763,49 @@ def test_unity_catalog_references_are_checked_before_any_call(target: str) -> No
                 "--target", target)  # fmt: skip
     assert stage.code == 2, stage.both
     assert "no stages" in stage.stderr
+
+
+def test_unity_catalog_search_results_without_tags_or_aliases_are_read() -> None:
+    """mlflow's Unity Catalog store returns search results whose `tags` and `aliases` are
+    methods that raise (ModelVersionSearch / RegisteredModelSearch): a version read from one
+    is marked partial, not a TypeError; an entity whose fields are working methods is read
+    through them; an ordinary entity as before."""
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+    from mlflow.entities.model_registry.model_version_search import ModelVersionSearch
+    from mlflow.entities.model_registry.registered_model_alias import RegisteredModelAlias
+    from mlflow.entities.model_registry.registered_model_search import RegisteredModelSearch
+
+    from amlpromote.core.inventory import _aliases_of
+    from amlpromote.core.registry import VersionInfo
+
+    searched = ModelVersionSearch(
+        name="main.fraud.scorer", version="3", creation_timestamp=1, source="models:/m-1",
+        run_id="r1", description="d")  # fmt: skip
+    with pytest.raises(Exception, match="do not have tags"):
+        searched.tags()  # what the library really does
+    info = VersionInfo.from_mlflow(searched)
+    assert (info.name, info.version, info.run_id, info.description) == (
+        "main.fraud.scorer", "3", "r1", "d")  # fmt: skip
+    assert (info.tags, info.aliases, info.extra.get("partial")) == ({}, [], True)
+
+    class MethodFields(ModelVersion):  # the same shape, with methods that answer
+        def tags(self) -> dict[str, str]:  # type: ignore[override]
+            return {"team": "risk"}
+
+        def aliases(self) -> list[str]:  # type: ignore[override]
+            return ["champion"]
+
+    called = VersionInfo.from_mlflow(MethodFields("m", "2", 1, source="s"))
+    assert (called.tags, called.aliases, "partial" in called.extra) == (
+        {"team": "risk"}, ["champion"], False)  # fmt: skip
+
+    plain = VersionInfo.from_mlflow(ModelVersion("m", "1", 1, source="s", aliases=["a"],
+                                                 tags=[], current_stage="Staging"))
+    assert (plain.aliases, plain.extra) == (["a"], {"stage": "Staging"})
+
+    assert _aliases_of(RegisteredModelSearch("main.fraud.scorer")) == {}
+    full = RegisteredModel("m", aliases=[RegisteredModelAlias("champion", "2")])
+    assert _aliases_of(full) == {"champion": "2"}
 
 
 def test_unity_catalog_registry_mapping() -> None:

@@ -299,6 +299,39 @@ def test_latest_and_exposed_aliases_resolve(
     assert box.requests_to("/api/2.0/mlflow/registered-models/get-latest-versions")
 
 
+def test_stages_are_served_as_by_the_workspace_registry(
+    box: DatabricksBox, mlflow_server: MlflowServer, profile_uri: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workspace registry has legacy stages: versions (got and searched) carry
+    `current_stage`, get-latest-versions answers per stage, and the registered model's
+    `latest_versions` holds the latest of each stage."""
+    name = f"dbx-box-stages-{uuid.uuid4().hex[:8]}"
+    monkeypatch.chdir(tmp_path)
+    for n in range(3):
+        register_raw_model(mlflow_server.tracking_uri, name, {"MLmodel": f"n: {n}\n".encode()})
+    backend = client_for(mlflow_server.tracking_uri)
+    client = client_for(profile_uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stages are deprecated in mlflow 3, still served here
+        backend.transition_model_version_stage(name, "1", "Production")
+        backend.transition_model_version_stage(name, "2", "Staging")
+        production = client.get_latest_versions(name, stages=["Production"])
+        staging = client.get_latest_versions(name, stages=["Staging"])
+
+    assert [(v.version, v.current_stage) for v in production] == [("1", "Production")]
+    assert [(v.version, v.current_stage) for v in staging] == [("2", "Staging")]
+    searched = client.search_model_versions(f"name = '{name}'")
+    assert sorted((v.version, v.current_stage) for v in searched) == [
+        ("1", "Production"), ("2", "Staging"), ("3", "None")]
+    assert client.get_model_version(name, "2").current_stage == "Staging"
+    latest = client.get_registered_model(name).latest_versions
+    assert sorted((v.current_stage, v.version) for v in latest) == [
+        ("None", "3"), ("Production", "1"), ("Staging", "2")]
+    assert box.requests_to("/api/2.0/mlflow/registered-models/get-latest-versions")
+    assert {r.status for r in box.requests_to("/api/2.0/mlflow/")} == {200}
+
+
 # -- downloading a version ----------------------------------------------------------------------
 
 
@@ -452,13 +485,17 @@ def test_env_vars_and_the_bare_databricks_uri(
 
 
 @pytest.mark.parametrize("how", ["profile", "env"])
-def test_a_bad_token_is_a_401_mlflow_exception(
+def test_a_bad_token_is_a_403_invalid_access_token(
     box: DatabricksBox,
     heart: HeartVersion,
     how: str,
     isolated_environment: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Contract: a workspace refuses a wrong token with 403 and a numeric error_code (the box
+    follows databricks/databricks-sdk-go#873); mlflow, through databricks-sdk, reads that as
+    PERMISSION_DENIED, so only the words "Invalid access token" tell it from a token without
+    permission (amlpromote.core.databricks._TOKEN_REFUSAL_WORDS)."""
     from mlflow.exceptions import MlflowException
 
     bad = "dapi" + "0" * 32
@@ -471,15 +508,38 @@ def test_a_bad_token_is_a_401_mlflow_exception(
 
     with pytest.raises(MlflowException) as info:
         client_for(uri).get_registered_model(heart.name)
-    assert info.value.error_code == "UNAUTHENTICATED"
-    assert info.value.get_http_status_code() == 401
+    assert info.value.error_code == "PERMISSION_DENIED"
+    assert info.value.get_http_status_code() == 403
+    assert "Invalid access token." in info.value.message
     assert bad not in str(info.value)  # databricks-sdk masks it in its debug string
 
     rejected = box.requests_to("/api/")
     assert rejected
     assert {(r.status, r.auth, r.bearer) for r in rejected} == {
-        (401, "invalid", DatabricksBox.fingerprint(bad))
+        (403, "invalid", DatabricksBox.fingerprint(bad))
     }
+
+
+def test_an_older_workspace_refuses_a_token_with_an_html_page(
+    box_factory: Callable[..., DatabricksBox],
+    heart: HeartVersion,
+    isolated_environment: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Contract: the Jetty 403 page of older workspaces (DataThirstLtd/databricks.vsts.tools#26)
+    reaches the user of MlflowClient as an INTERNAL_ERROR (HTTP 500) whose message still
+    carries "Invalid access token" (databricks-sdk reads the page's <pre>)."""
+    from mlflow.exceptions import MlflowException
+
+    box = box_factory(token_refusal="html")
+    uri = use_profile(box, isolated_environment, monkeypatch, token="dapi" + "5" * 32)
+
+    with pytest.raises(MlflowException) as info:
+        client_for(uri).get_registered_model(heart.name)
+    assert info.value.error_code == "INTERNAL_ERROR"
+    assert "Invalid access token." in info.value.message
+    assert "<pre>" not in info.value.message
+    assert {(r.status, r.auth) for r in box.requests_to("/api/")} == {(403, "invalid")}
 
 
 def test_a_revoked_token_stops_reads_and_downloads(
@@ -492,8 +552,9 @@ def test_a_revoked_token_stops_reads_and_downloads(
     box.revoke_token()
     with pytest.raises(MlflowException) as info:
         client.get_model_version(heart.name, heart.version)
-    assert info.value.error_code == "UNAUTHENTICATED"
-    with pytest.raises(MlflowException, match="401"):
+    assert info.value.error_code == "PERMISSION_DENIED"
+    assert "Invalid access token." in info.value.message
+    with pytest.raises(MlflowException, match="Invalid access token"):
         download(f"models:/{heart.name}/{heart.version}", tmp_path, via=profile_uri)
     assert box.token not in str(info.value)
     assert not box.requests_to("/blob/")
@@ -634,6 +695,31 @@ def test_api_errors_and_routes_have_the_databricks_shape(
     assert anonymous.status_code == 401
     assert anonymous.json()["error_code"] == "UNAUTHENTICATED"
     assert set(anonymous.json()) == {"error_code", "message"}
+
+    # A wrong token: the capture of databricks/databricks-sdk-go#873, byte for byte in its body.
+    wrong = {"Authorization": "Bearer dapi" + "6" * 32}
+    refused = session.get(f"{box.host}{get_model}", params={"name": heart.name}, headers=wrong)
+    assert refused.status_code == 403
+    assert refused.json() == {"error_code": 403, "message": "Invalid access token."}
+    assert refused.headers["X-Databricks-Reason-Phrase"] == "Invalid access token."
+    assert refused.headers["Content-Type"].startswith("application/json")
+    # An older workspace's form (DataThirstLtd/databricks.vsts.tools#26): Jetty's error page.
+    box.token_refusal = "html"
+    page = session.get(f"{box.host}{get_model}", params={"name": heart.name}, headers=wrong)
+    assert page.status_code == 403
+    assert page.headers["Content-Type"].startswith("text/html")
+    text = re.sub(r"<[^>]+>", "", page.text)
+    assert "HTTP ERROR 403" in text
+    assert f"Problem accessing {get_model}. Reason:" in text
+    assert "Invalid access token." in text
+    box.token_refusal = "json"
+    revoked = box.add_token()
+    box.revoke_token(revoked)
+    again = session.get(f"{box.host}{get_model}", params={"name": heart.name},
+                        headers={"Authorization": f"Bearer {revoked}"})
+    assert (again.status_code, again.json()["error_code"]) == (403, 403)
+    with pytest.raises(ValueError, match="token_refusal"):
+        DatabricksBox(box.root / "bad", backend=box.backend, token_refusal="xml")
 
     preview = session.get(
         f"{box.host}/api/2.0/preview/mlflow/registered-models/get",

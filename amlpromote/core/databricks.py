@@ -32,6 +32,7 @@ know) keeps the MlflowClient route, which supports them all.
 from __future__ import annotations
 
 import configparser
+import logging
 import os
 import threading
 import time
@@ -108,6 +109,41 @@ _SDK_ENV_PREFIXES = ("DATABRICKS_", "ARM_", "GOOGLE_CREDENTIALS")
 # databricks-sdk's pause between retries when the answer has no Retry-After: one second more
 # per attempt, at most this many.
 _MAX_BACKOFF_SECONDS = 10.0
+# How a workspace words a personal access token it does not accept (wrong, expired or revoked).
+# It answers HTTP 403, not 401: `{"error_code": 403, "message": "Invalid access token."}` with
+# `X-Databricks-Reason-Phrase: Invalid access token.` (captured in public issue
+# databricks/databricks-sdk-go#873), or on older workspaces a Jetty HTML page "HTTP ERROR 403 ...
+# Reason: Invalid access token." (DataThirstLtd/databricks.vsts.tools#26). Only the words survive
+# every route: our REST client maps the numeric code to PERMISSION_DENIED, and mlflow turns the
+# SDK's error into an HTTP 500 (FORBIDDEN for the HTML page). Told apart from a valid token
+# without permission on the model (403 PERMISSION_DENIED), whose fix is another one.
+_TOKEN_REFUSAL_WORDS = ("invalid access token",)
+INVALID_ACCESS_TOKEN = "Invalid access token."
+
+
+def _is_token_refusal(text: str) -> bool:
+    lowered = text.lower()
+    return any(words in lowered for words in _TOKEN_REFUSAL_WORDS)
+
+
+class _UnknownErrorCodeToVerbose(logging.Filter):
+    """mlflow warns "Received error code not recognized by MLflow: FORBIDDEN, ..." when an
+    older workspace refuses a token with its HTML page; the AuthFailed error already says what
+    happened, so that line is shown with --verbose only (mlflow's logger at INFO), not as a
+    second, misleading line beside the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith(
+                "Received error code not recognized by MLflow"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger("mlflow").isEnabledFor(logging.INFO)
+        return True
+
+
+def _quiet_unknown_error_codes() -> None:
+    logger = logging.getLogger("mlflow.exceptions")
+    if not any(isinstance(f, _UnknownErrorCodeToVerbose) for f in logger.filters):
+        logger.addFilter(_UnknownErrorCodeToVerbose())
 
 
 def is_databricks(scheme: str) -> bool:
@@ -334,26 +370,32 @@ class DatabricksRegistry:
             status = exc.get_http_status_code()  # type: ignore[attr-defined]
         except Exception:
             status = None
+        message = str(getattr(exc, "message", None) or exc)
+        if _is_token_refusal(message):
+            # What the workspace sent was a 403, whatever status the library reports.
+            return self.refused(what, 401 if status == 401 else 403, message)
         if code == "UNAUTHENTICATED" or status == 401:
             return self.refused(what, 401)
         if code == "PERMISSION_DENIED" or status == 403:
-            return self.refused(what, 403)
+            return self.refused(what, 403, message)
         if isinstance(exc, RestError) and status in (429, 503):
             # DatabricksRestClient gives up on 429/503 only once the retry window is spent.
             return self.throttled(what)
-        message = str(getattr(exc, "message", None) or exc)
         if "Reading Databricks credential configuration failed" in message:
             return BadInput(f"{what}: no usable credentials for {self.describe()}",
                             hint=self.credentials_hint())
         return None
 
-    def refused(self, what: str, status: int) -> AuthFailed:
-        if status == 403:
+    def refused(self, what: str, status: int, detail: str = "") -> AuthFailed:
+        """The workspace's 401/403; `detail` (its error text, never shown) tells a refused
+        token from a valid token without permission. Neither message repeats the answer's
+        body: an older workspace's is an HTML page."""
+        if status == 403 and not _is_token_refusal(detail):
             return AuthFailed(f"{what}: {self.describe()} refused access (HTTP 403)",
                               hint="the token's user may not read this model; ask for CAN READ "
                                    "on it, or " + self.credentials_hint())
-        return AuthFailed(f"{what}: {self.describe()} refused the token (HTTP 401)",
-                          hint=self.credentials_hint())
+        return AuthFailed(f"{what}: {self.describe()} refused the token (HTTP {status}): it is "
+                          "expired, revoked or wrong", hint=self.credentials_hint())
 
     def throttled(self, what: str) -> OperationFailed:
         seconds = os.environ.get(RETRY_TIMEOUT_ENV, str(DEFAULT_RETRY_TIMEOUT_SECONDS))
@@ -450,6 +492,7 @@ class DatabricksRegistry:
             return DatabricksClient(self, client, contain=False)
         from mlflow import MlflowClient
 
+        _quiet_unknown_error_codes()
         return DatabricksClient(self, MlflowClient(tracking_uri=self.tracking_uri,
                                                    registry_uri=self.registry_uri))
 
@@ -597,6 +640,10 @@ class WorkspaceVersionSource:
         self._warm = False
         self._rest = rest
 
+    def _not_found_hint(self) -> str:
+        return (f"check the model name and version: amlpromote models show {self.name} "
+                f"--from source --source {self.registry.uri}")
+
     def _api(self, endpoint: str, params: dict[str, str], what: str) -> dict[str, Any]:
         if self._rest is not None:
             return self._rest_api(self._rest, endpoint, params, what)
@@ -612,9 +659,7 @@ class WorkspaceVersionSource:
                 raise mapped from exc
             if exc.get_http_status_code() == 404:
                 detail = (redact_text(exc.message).strip().splitlines() or ["HTTP 404"])[0]
-                raise NotFound(f"{what}: {detail[:300]}",
-                               hint=f"check the model name and version in {self.registry.uri}") \
-                    from exc
+                raise NotFound(f"{what}: {detail[:300]}", hint=self._not_found_hint()) from exc
             from amlpromote.core.registry import translate_mlflow_error
 
             raise translate_mlflow_error(exc, what, self.registry.uri) from exc
@@ -641,11 +686,14 @@ class WorkspaceVersionSource:
             document: dict[str, Any] = response.json() if response.content else {}
             return document
         detail = _error_detail(response)
+        if _is_token_refusal(detail) or (status == 403 and _is_token_refusal(_body_text(response))):
+            # mlflow hands the SDK's refusal back as an HTTP 500; without the SDK the raw 403
+            # (JSON or an HTML page) arrives.
+            raise self.registry.refused(what, 401 if status == 401 else 403, INVALID_ACCESS_TOKEN)
         if status in (401, 403):
-            raise self.registry.refused(what, status)
+            raise self.registry.refused(what, status, detail)
         if status == 404:
-            raise NotFound(f"{what}: {detail or 'HTTP 404'}",
-                           hint=f"check the model name and version in {self.registry.uri}")
+            raise NotFound(f"{what}: {detail or 'HTTP 404'}", hint=self._not_found_hint())
         if status in RETRYABLE_STATUS:
             raise TransientError(f"{what}: HTTP {status}",
                                  retry_after=parse_retry_after(response.headers.get("Retry-After")))
@@ -745,6 +793,13 @@ class WorkspaceVersionSource:
             yield response_chunks(response, rel)
         finally:
             response.close()
+
+
+def _body_text(response: Any) -> str:
+    try:
+        return str(response.text or "")
+    except Exception:
+        return ""
 
 
 def _error_detail(response: Any) -> str:

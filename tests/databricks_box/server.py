@@ -87,6 +87,28 @@ _SAS_VERSION = "2023-11-03"
 _SAS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # Registry routes whose JSON may carry `aliases` (stripped unless expose_aliases=True).
 _REGISTRY_ROUTES = ("registered-models/", "model-versions/")
+# How a workspace refuses a personal access token it does not accept (wrong, expired or
+# revoked): HTTP 403, not 401, with a *numeric* error_code and the reason repeated in a header,
+# as captured from real workspaces in databricks/databricks-sdk-go#873 (and #917):
+#   HTTP/2.0 403 Forbidden / X-Databricks-Reason-Phrase: Invalid access token.
+#   {"error_code": 403, "message": "Invalid access token."}
+# Older workspaces answer the same refusal with their Jetty server's HTML error page
+# (DataThirstLtd/databricks.vsts.tools#26: "HTTP ERROR 403 / Problem accessing /api/2.0/dbfs/put.
+# Reason: Invalid access token."). A request with no credential at all stays 401
+# UNAUTHENTICATED: no public capture says otherwise.
+INVALID_TOKEN_MESSAGE = "Invalid access token."
+TOKEN_REFUSAL_FORMS = ("json", "html")
+_JETTY_ERROR_PAGE = """<html>
+<head>
+<meta http-equiv="Content-Type" content="text/html;charset=utf-8"/>
+<title>Error 403 {message}</title>
+</head>
+<body><h2>HTTP ERROR 403</h2>
+<p>Problem accessing {path}. Reason:
+<pre>    {message}</pre></p>
+</body>
+</html>
+"""
 _ERROR_FOR_STATUS = {
     400: "INVALID_PARAMETER_VALUE",
     401: "UNAUTHENTICATED",
@@ -154,14 +176,15 @@ class _ApiError(Exception):
         self,
         status: int,
         message: str,
-        error_code: str | None = None,
+        error_code: str | int | None = None,
         headers: Mapping[str, str] | None = None,
         raw_body: bytes | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.error_code = error_code or _ERROR_FOR_STATUS.get(status, "INTERNAL_ERROR")
+        # A string everywhere but in a refused token's 403 (see INVALID_TOKEN_MESSAGE).
+        self.error_code: str | int = error_code or _ERROR_FOR_STATUS.get(status, "INTERNAL_ERROR")
         self.headers = dict(headers or {})
         self.raw_body = raw_body
 
@@ -169,6 +192,28 @@ class _ApiError(Exception):
         if self.raw_body is not None:
             return self.raw_body
         return json.dumps({"error_code": self.error_code, "message": self.message}).encode()
+
+
+def _token_refused(form: str, path: str) -> _ApiError:
+    """The 403 a workspace answers for a wrong, expired or revoked token, in `form`."""
+    if form == "html":
+        page = _JETTY_ERROR_PAGE.format(message=INVALID_TOKEN_MESSAGE, path=path)
+        return _ApiError(
+            403,
+            INVALID_TOKEN_MESSAGE,
+            "FORBIDDEN",
+            headers={"Content-Type": "text/html;charset=utf-8"},
+            raw_body=page.encode(),
+        )
+    return _ApiError(
+        403,
+        INVALID_TOKEN_MESSAGE,
+        403,
+        headers={
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Databricks-Reason-Phrase": INVALID_TOKEN_MESSAGE,
+        },
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -203,8 +248,10 @@ class DatabricksBox:
 
     `backend` is the real `mlflow server` holding the registry; without one the box starts (and
     later stops) its own under `root / "mlflow"`. `token` is the one valid personal access token
-    (more with `add_token`). Fault switches: `revoke_token`, `inject_fault` (e.g. 429 with
-    Retry-After, 503), `signed_url_ttl` (set it <= 0 to hand out already-expired URLs).
+    (more with `add_token`); any other token, or a revoked one, gets the real service's 403
+    "Invalid access token.", as JSON or, with `token_refusal="html"` (settable at any time), as
+    an older workspace's HTML error page. Fault switches: `revoke_token`, `inject_fault` (e.g.
+    429 with Retry-After, 503), `signed_url_ttl` (set it <= 0 to hand out already-expired URLs).
     """
 
     def __init__(
@@ -219,10 +266,13 @@ class DatabricksBox:
         cloud: str = "azure",
         host_metadata: bool = True,
         expose_aliases: bool = False,
+        token_refusal: str = "json",
         signed_url_ttl: float = 900.0,
         signed_url_headers: Mapping[str, str] | None = None,
         list_page_size: int = 1000,
     ) -> None:
+        if token_refusal not in TOKEN_REFUSAL_FORMS:
+            raise ValueError(f"token_refusal must be one of {TOKEN_REFUSAL_FORMS}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._owns_backend = backend is None
@@ -237,6 +287,8 @@ class DatabricksBox:
         # False: /.well-known/databricks-config answers 404 (older workspaces; the SDK warns).
         self.host_metadata = host_metadata
         self.expose_aliases = expose_aliases
+        # "json" (today's workspaces) or "html" (older ones): how a bad token is refused.
+        self.token_refusal = token_refusal
         self.signed_url_ttl = signed_url_ttl
         # Headers a signed URL demands (returned in `headers` of get-signed-download-uri).
         self.signed_url_headers = dict(signed_url_headers or {})
@@ -326,7 +378,7 @@ class DatabricksBox:
         return token
 
     def revoke_token(self, token: str | None = None) -> None:
-        """From now on `token` (default: the box's token) gets 401 UNAUTHENTICATED."""
+        """From now on `token` (default: the box's token) gets 403 "Invalid access token."."""
         with self._lock:
             self._revoked.add(token or self.token)
 
@@ -341,7 +393,7 @@ class DatabricksBox:
         """The next `count` matching requests get `status` (e.g. 429 with `retry_after`, 503).
 
         Faults hit authenticated API routes and signed URLs, never the well-known probe; a
-        request with a bad token still gets its 401 first (as the real front door would).
+        request with a bad token still gets its 403 first (as the real front door would).
         """
         if not 400 <= status <= 599:
             raise ValueError(f"fault status must be 4xx/5xx, got {status}")
@@ -849,13 +901,14 @@ class _BoxHandler(BaseHTTPRequestHandler):
             return
 
         self._auth = box._check_token(self.headers.get("Authorization"))
-        if self._auth != "ok":
-            message = (
-                "Credential was not sent or was of an unsupported type for this API."
-                if self._auth == "missing"
-                else "Invalid access token."
+        if self._auth == "missing":
+            raise _ApiError(
+                401,
+                "Credential was not sent or was of an unsupported type for this API.",
+                "UNAUTHENTICATED",
             )
-            raise _ApiError(401, message, "UNAUTHENTICATED")
+        if self._auth != "ok":
+            raise _token_refused(box.token_refusal, path)
         self._maybe_fault(box, path)
 
         if path.startswith(_PREVIEW_PREFIX):
@@ -912,6 +965,9 @@ class _BoxHandler(BaseHTTPRequestHandler):
         if fault.retry_after is not None:
             headers["Retry-After"] = f"{fault.retry_after:g}"
         message = {
+            # A valid token without permission on the model: PERMISSION_DENIED (the code is what
+            # clients read; this wording is the box's own, no public capture of it was found).
+            403: "The user does not have permission to read this registered model.",
             429: "Too many requests. Please wait a moment and try again.",
             503: "The service is temporarily unavailable.",
         }.get(fault.status, "Injected fault.")
