@@ -49,7 +49,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import unquote, urlsplit  # noqa: E402
@@ -422,13 +422,13 @@ def fresh_azurite(box: Any, workspace: Any) -> None:
     ).create_container(workspace.blob_container)
 
 
-def scenario_databricks_azureml(
-        root: Path, template: Path, sizes: list[int], files: int,
-        repeat: int) -> tuple[dict[tuple[str, int], Samples], list[tuple[str, bool]]]:
+@contextlib.contextmanager
+def boxes(root: Path, base: Path) -> Iterator[tuple[Any, Any, Any, Any, dict[str, str]]]:
+    """Databricks in a box over a `mlflow server`, and Azure ML in a box with one workspace;
+    yields (Azure ML box, workspace, the Databricks backend server, the Databricks box, a
+    user's environment with the Databricks profile and the variables the Azure box
+    documents)."""
     azureml_box_class, databricks_box_class, mlflow_server_class = import_boxes()
-    base = root / "databricks-azureml"
-    base.mkdir()
-    results: dict[tuple[str, int], Samples] = {}
     started = time.monotonic()
     # One CA for both boxes, so one REQUESTS_CA_BUNDLE trusts both (as the e2e test does).
     with contextlib.ExitStack() as stack:
@@ -445,6 +445,23 @@ def scenario_databricks_azureml(
         print(f"  boxes up in {time.monotonic() - started:.1f} s: Databricks {databricks.host} "
               f"(backed by {backend.url}, file artifacts), Azure ML {box.url} (Azurite, "
               f"workspace backed by {workspace.backend.url})", flush=True)
+        home = base / "home"
+        home.mkdir()
+        databricks.write_databrickscfg(home, PROFILE)
+        # A user's shell: HOME with the Databricks profile, the Azure variables the box
+        # documents (CA bundle, managed identity endpoint, proxy), no DATABRICKS_* overrides.
+        user = {k: v for k, v in lib.child_env(root, HOME=str(home)).items()
+                if not k.startswith("DATABRICKS_")}
+        yield box, workspace, backend, databricks, box.client_env(user)
+
+
+def scenario_databricks_azureml(
+        root: Path, template: Path, sizes: list[int], files: int,
+        repeat: int) -> tuple[dict[tuple[str, int], Samples], list[tuple[str, bool]]]:
+    base = root / "databricks-azureml"
+    base.mkdir()
+    results: dict[tuple[str, int], Samples] = {}
+    with boxes(root, base) as (box, workspace, backend, _, env):
         models: dict[int, tuple[str, Path, int]] = {}
         for size in sizes:
             name = f"bench-{size}mib"
@@ -454,14 +471,6 @@ def scenario_databricks_azureml(
             models[size] = (name, folder, total)
             print(f"  source model {name}/1 in the Databricks workspace registry: {files} files, "
                   f"{total / 1e6:.1f} MB", flush=True)
-        home = base / "home"
-        home.mkdir()
-        databricks.write_databrickscfg(home, PROFILE)
-        # A user's shell: HOME with the Databricks profile, the Azure variables the box
-        # documents (CA bundle, managed identity endpoint, proxy), no DATABRICKS_* overrides.
-        user = {k: v for k, v in lib.child_env(root, HOME=str(home)).items()
-                if not k.startswith("DATABRICKS_")}
-        env = box.client_env(user)
         source_uri, target_uri = f"databricks://{PROFILE}", workspace.mlflow_uri
         for size in sizes:
             name, folder, total = models[size]
@@ -501,7 +510,7 @@ def scenario_rerun(root: Path, template: Path, size: int, files: int,
     process start of `amlpromote --version` in the same run, and the file downloads the re-run
     made (counted where the files are served: a counting proxy in front of the source server;
     the Databricks box's signed-URL requests)."""
-    azureml_box_class, databricks_box_class, mlflow_server_class = import_boxes()
+    import_boxes()  # puts tests/ on the path
     from support.flaky_proxy import FlakyProxy
 
     goals: list[tuple[str, bool]] = []
@@ -553,22 +562,11 @@ def scenario_rerun(root: Path, template: Path, size: int, files: int,
         rerun_goal(f"servers ({total / 1e6:.0f} MB, {files} files)", first.seconds, reruns,
                    downloads)
 
-    with contextlib.ExitStack() as stack:
-        box = stack.enter_context(azureml_box_class(base / "azureml"))
-        workspace = box.workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE)
-        backend = stack.enter_context(
-            mlflow_server_class(base / "databricks-backend", serve_artifacts=False))
-        databricks = stack.enter_context(
-            databricks_box_class(base / "databricks", backend=backend, ca=box.ca))
+    with boxes(root, base / "databricks-azureml") as (box, workspace, backend, databricks,
+                                                       env):
         name = f"bench-rerun-{size}mib"
         _, total = register_model(backend.tracking_uri, name, file_uri_path, template, size,
                                   files, artifact_location=Path(backend.artifacts_dir).as_uri())
-        home = base / "home"
-        home.mkdir()
-        databricks.write_databrickscfg(home, PROFILE)
-        user = {k: v for k, v in lib.child_env(root, HOME=str(home)).items()
-                if not k.startswith("DATABRICKS_")}
-        env = box.client_env(user)
         cmd = [AMLPROMOTE, "copy-model", f"{name}/1", "--source", f"databricks://{PROFILE}",
                "--target", workspace.mlflow_uri, "--credential", "managed-identity", "-o",
                "json"]
