@@ -55,6 +55,24 @@ def test_every_command_help_has_an_example() -> None:
         assert "Example" in text and f"amlpromote {' '.join(words)}" in text, words
 
 
+def test_every_declared_option_and_variable_is_in_the_readme() -> None:
+    # From the commands' own declarations, not their help text: a name the help wraps across
+    # lines (at any width) is still seen.
+    for path, command in _commands(typer.main.get_command(app)):
+        for param in getattr(command, "params", []):
+            names = [n for n in getattr(param, "opts", []) if n.startswith("--")]
+            for option in set(names) - {"--help"}:
+                assert f"`{option}" in README, f"{' '.join(path)} {option} missing from README"
+            envvar = getattr(param, "envvar", None)
+            for env in [envvar] if isinstance(envvar, str) else list(envvar or []):
+                assert env in README, f"{' '.join(path)} {env} missing from README"
+    # Variables the options read themselves (output, quiet, verbose are resolved by make_output).
+    from amlpromote.core import settings
+
+    for env in re.findall(r"AMLPROMOTE_[A-Z_]+", Path(settings.__file__).read_text()):
+        assert env in README, f"{env} (core/settings.py) missing from README"
+
+
 def test_readme_opens_with_the_two_commands() -> None:
     block = README.split("```")[1]
     assert "scripts/quickstart" in block and "scripts/test" in block
