@@ -364,10 +364,11 @@ class MlflowRegistry:
             path = local_path(self.uri)
             if not path.exists():
                 kind = "sqlite database" if self.uri.scheme == "sqlite" else "file store folder"
-                hint = ("check the path; for a relative sqlite path write sqlite:///relative.db, "
-                        "for an absolute one sqlite:////abs.db") if self.uri.scheme == "sqlite" \
-                    else "check the path: the folder that holds the store's mlruns content " \
-                         "(meta.yaml files, models/)"
+                from amlpromote.core.stores import SQLITE_PATH_HINT
+
+                hint = SQLITE_PATH_HINT if self.uri.scheme == "sqlite" else \
+                    "check the path: the folder that holds the store's mlruns content " \
+                    "(meta.yaml files, models/)"
                 raise NotFound(f"no {kind} at {path} (source {self.display})", hint=hint)
         if self.uri.scheme in _INSPECTED_SCHEMES:
             self.store  # noqa: B018 - inspects, and refuses what is not an MLflow store

@@ -148,6 +148,11 @@ def classify_tables(tables: set[str], revision: str | None,
 # --- sqlite ----------------------------------------------------------------------------------
 
 
+# What to check when a sqlite URI names no file: its slashes decide relative or absolute.
+SQLITE_PATH_HINT = ("check the path; for a relative sqlite path write sqlite:///relative.db, "
+                    "for an absolute one sqlite:////abs.db")
+
+
 def _sqlite_file_uri(path: Path) -> str:
     """An RFC 3986 `file:` URI for sqlite3 (percent-encoded: paths may hold `?`, `#`, `%`)."""
     return "file:" + quote(str(path))
@@ -374,8 +379,7 @@ def _open_sqlite(uri: RegistryUri, role: str, read_only: bool, upgrade: bool) ->
     if state.kind == MISSING:
         if role == "source":
             raise NotFound(f"no sqlite database at {path} (source {uri.display})",
-                           hint="check the path; for a relative sqlite path write "
-                                "sqlite:///relative.db, for an absolute one sqlite:////abs.db")
+                           hint=SQLITE_PATH_HINT)
         return _new_registry(uri, state, read_only)
     if state.kind == EMPTY and role == "target":
         return _new_registry(uri, state, read_only)
