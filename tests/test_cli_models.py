@@ -463,6 +463,19 @@ def test_an_azure_ml_registry_target(
            f"{unique_model_name} --from target --registry {REGISTRY}" in unknown.stderr
     assert_no_secrets(json.dumps(listing) + alias.both + unknown.both, box_env)
 
+    # An archived higher version is listed as such and is not "latest" (Azure ML's latest
+    # label skips archived versions).
+    azureml_box.box.add_registry_version(azureml_box.registry, unique_model_name, "2",
+                                         {"MLmodel": b"flavors: {}\n"}, archived=True)
+    listing = models_json("list", *REGISTRY_OPTIONS)
+    shown = models_json("show", unique_model_name, *REGISTRY_OPTIONS)
+    latest = models_json("show", f"{unique_model_name}/latest", *REGISTRY_OPTIONS)
+    (mine,) = [m for m in listing["models"] if m["name"] == unique_model_name]
+    assert (mine["versions"], mine["latest"]) == (2, "1")
+    assert [(v["version"], v["status"]) for v in shown["versions"]] == \
+        [("2", "Archived"), ("1", "Succeeded")]  # newest first
+    assert latest["version"] == "1", latest
+
 
 # -- Databricks in a box: the workspace registry over REST --------------------------------------
 

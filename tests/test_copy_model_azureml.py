@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from azureml_box.testing import (
 )
 from support.cli import Run, cli, run_cli_reporting_imports
 from support.models import register_heart_model, register_raw_model, sha256_tree, stored_folder
+from support.staging import start_cli
 
 from amlpromote.core import lineage
 from amlpromote.core.lineage import AZURE_ML_TAG_LIMITS
@@ -302,35 +302,45 @@ def test_a_dropped_upload_registers_nothing_and_a_rerun_completes(
     assert blob_files(azureml_box, run_of(version)) == sha256_tree(stored_folder(source.uri, BIG))
 
 
-def test_concurrent_promotions_end_with_one_version(
+def test_two_racing_processes_end_with_one_version_and_the_loser_reports_it(
     azureml_box: BoxWorkspaces, box_env: dict[str, str], ws_uri: str, source: Source,
-    unique_model_name: str,
+    unique_model_name: str, tmp_path: Path,
 ) -> None:
-    from amlpromote.core.promote import PromoteRequest, promote_version
-    from amlpromote.core.refs import parse_model_ref
-    from amlpromote.core.uris import parse_registry_uri
+    box = azureml_box.box
+    # Both runs must be past their "is this promotion there already?" search before either
+    # registers: the box holds every version create until both arrived, then lets both go.
+    gate = box.hold(route="mlflow", method="POST", path=r"/model-versions/create$", count=2)
+    procs = [start_cli("copy-model", f"{HEART}/1", "--source", source.uri, "--target", ws_uri,
+                       "--target-name", unique_model_name, "-o", "json", cwd=tmp_path,
+                       env=box.env())
+             for _ in range(2)]
+    outputs = [proc.communicate(timeout=240) for proc in procs]
 
-    request = PromoteRequest(parse_model_ref(f"{HEART}/1"), parse_registry_uri(source.uri),
-                             parse_registry_uri(ws_uri), target_name=unique_model_name)
-    outcomes: list[Any] = []
-
-    def promote() -> None:
-        try:
-            outcomes.append(promote_version(request))
-        except Exception as exc:  # recorded, asserted below
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=promote) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=240)
-
-    assert all(not isinstance(o, Exception) for o in outcomes), outcomes
+    for proc, (stdout, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, f"{stdout}{stderr}"
+    assert not gate.timed_out and gate.arrived == 2, "the race was not forced"
+    creates = [r for r in box.requests_for("mlflow")
+               if r.path.endswith("/model-versions/create")]
+    assert [(r.status, r.fault) for r in creates] == [(200, "held")] * 2
     (version,) = versions_in(azureml_box.workspace, unique_model_name)
-    assert {o.target["version"] for o in outcomes} == {version.version}
-    assert sorted(o.status for o in outcomes) in (["copied", "unchanged"], ["copied", "copied"],
-                                                  ["unchanged", "unchanged"])
+    documents = [json.loads(stdout) for stdout, _ in outputs]
+    by_status = {d["status"]: d for d in documents}
+    assert sorted(by_status) == ["copied", "unchanged"], documents
+    # The loser names the winner's version, the one that is left; it deleted its own.
+    assert by_status["copied"]["target"]["version"] == version.version
+    assert by_status["unchanged"]["target"]["version"] == version.version
+    deletes = [r for r in box.requests_for("mlflow")
+               if r.path.endswith("/model-versions/delete")]
+    assert [r.status for r in deletes] == [200]
+    # The winner's staging run is the version's; the loser's is FAILED (Azure ML keeps a run's
+    # files: README "Azure ML workspace targets").
+    client = backend_client(azureml_box.workspace)
+    experiment = client.get_experiment_by_name("amlpromote")
+    staged = {r.info.run_id: r.info.status for r in client.search_runs(
+        [experiment.experiment_id],
+        f"attributes.run_name = 'amlpromote-{unique_model_name}-v1'")}
+    assert staged.pop(run_of(version)) == "FINISHED"
+    assert list(staged.values()) == ["FAILED"]
 
 
 # -- authentication, authorization, missing workspaces ----------------------------------------
@@ -539,3 +549,65 @@ def test_version_tags_are_deterministic_and_keep_provenance() -> None:
                           lineage.TAGS_DROPPED, "a"}
     assert first[lineage.TAGS_DROPPED].startswith("4: b, c, d, too")
     assert lineage.version_tags(source_tags, provenance) == {**source_tags, **provenance}
+
+
+def _tagged_source(root: Path, name: str, tags: dict[str, str]) -> Source:
+    uri = "sqlite:///" + str(root / "mlflow.db")
+    with contextlib.chdir(root):
+        register_raw_model(uri, name, {"MLmodel": b"flavors: {}\n", "x.txt": b"x"}, tags=tags)
+    return Source(uri, root)
+
+
+def test_source_tags_at_azure_ml_limits_are_carried_and_those_over_them_named(
+    azureml_box: BoxWorkspaces, box_env: dict[str, str], ws_uri: str, unique_model_name: str,
+    tmp_path: Path,
+) -> None:
+    # The box refuses what Azure ML's published limits refuse (tests/azureml_box/server.py
+    # RUN_TAG_LIMITS): a product limit set too high fails the write, one set too low drops a
+    # tag that is exactly at a limit.
+    key_at_limit, key_over = "k" * 100, "k" * 101
+    tags = {key_at_limit: "key at the limit", key_over: "key over the limit",
+            "a.value": "v" * 1000, "b.value": "w" * 1001,
+            **{f"z.tag{i:02d}": str(i) for i in range(60)}}
+    source = _tagged_source(tmp_path, "at-limits", tags)
+    box = azureml_box.box
+
+    run = copy(source, "at-limits/1", ws_uri, unique_model_name)
+
+    assert run.code == 0, run.both
+    assert [r for r in box.requests_for("mlflow") if r.status == 400] == []
+    (version,) = versions_in(azureml_box.workspace, unique_model_name)
+    written = dict(version.tags)
+    assert written[key_at_limit] == "key at the limit"
+    assert written["a.value"] == "v" * 1000
+    assert len(written) == 50  # the published number of tags, no fewer
+    dropped = written[lineage.TAGS_DROPPED]
+    assert key_over in dropped and "b.value" in dropped
+    assert "z.tag00" in written and "z.tag59" in dropped
+
+
+def test_a_provenance_value_over_the_limit_is_shortened_and_named(
+    azureml_box: BoxWorkspaces, box_env: dict[str, str], ws_uri: str, unique_model_name: str,
+    tmp_path: Path,
+) -> None:
+    # A source model's name is a provenance value; Azure ML takes tag values of up to 1,000
+    # characters, and provenance always stays (README "Azure ML workspace targets").
+    long_name = "m" * 1200
+    source = _tagged_source(tmp_path, long_name, {"team": "ml"})
+    box = azureml_box.box
+
+    run = copy(source, f"{long_name}/1", ws_uri, unique_model_name)
+
+    assert run.code == 0, run.both
+    assert [r for r in box.requests_for("mlflow") if r.status == 400] == []
+    (version,) = versions_in(azureml_box.workspace, unique_model_name)
+    written = dict(version.tags)
+    assert written[lineage.SOURCE_NAME] == "m" * 997 + "..."
+    assert written[lineage.TAGS_CUT] == f"1: {lineage.SOURCE_NAME}"
+    assert written["team"] == "ml"
+    assert run.document["source"]["name"] == long_name
+    # The shortened value does not get in the way of recognising the promotion.
+    again = copy(source, f"{long_name}/1", ws_uri, unique_model_name)
+    assert again.code == 0, again.both
+    assert again.document["status"] == "unchanged"
+    assert len(versions_in(azureml_box.workspace, unique_model_name)) == 1

@@ -13,6 +13,8 @@ import hashlib
 import os
 import re
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -280,3 +282,237 @@ def test_concurrent_promotions_end_with_one_version(
     assert sorted(r.status for r in puts) == [201, 409]
     assert {r.path.rsplit("/", 1)[1] for r in puts} == {"1"}
     assert not arm_calls(azureml_box, r"/versions/\d+$", "DELETE")
+
+
+# -- the registry as strict as the real service (issue 9) --------------------------------------
+
+
+@pytest.fixture
+def registry(azureml_box: BoxWorkspaces, box_env: dict[str, str]) -> Iterator[AzureMLResource]:
+    """The session registry, with the behaviours a test switches on switched off again."""
+    resource = azureml_box.registry
+    yield resource
+    resource.copy_on_register = False
+    resource.data_reference_credential = "SAS"
+    resource.delete_outcome = "Succeeded"
+
+
+def arm_token() -> str:
+    from azure.identity import ManagedIdentityCredential
+
+    return ManagedIdentityCredential().get_token("https://management.azure.com/.default").token
+
+
+def start_pending_upload(box: BoxWorkspaces, name: str, version: str) -> str:
+    """What startPendingUpload hands out to any client: the container's SAS URL."""
+    import requests
+
+    url = (f"{box.box.url}{box.registry.arm_id}/models/{name}/versions/{version}"
+           "/startPendingUpload?api-version=2025-12-01")
+    response = requests.post(url, json={"pendingUploadType": "TemporaryBlobReference"},
+                             headers={"Authorization": f"Bearer {arm_token()}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return str(response.json()["blobReferenceForConsumption"]["credential"]["sasUri"])
+
+
+def when_registering(box: BoxWorkspaces, name: str, action: Callable[[], None]) \
+        -> tuple[threading.Thread, list[BaseException]]:
+    """Run `action` (what another client does) as soon as a run has listed the versions right
+    before its PUT: the first listing of `name` after its startPendingUpload."""
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                calls = box.box.requests_for("arm")
+                uploads = [r for r in calls if r.path.endswith("/startPendingUpload")
+                           and f"/models/{name}/" in r.path]
+                if uploads and any(r.method == "GET" and r.started > uploads[0].started
+                                   and r.path.endswith(f"/models/{name}/versions")
+                                   for r in calls):
+                    action()
+                    return
+                time.sleep(0.01)
+            raise AssertionError("the run never listed the versions before registering")
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_the_pending_upload_cannot_be_listed_and_a_lost_staged_file_is_caught(
+    azureml_box: BoxWorkspaces, registry: AzureMLResource, source: Source,
+    unique_model_name: str,
+) -> None:
+    import requests
+
+    # The upload URL writes and reads blobs; listing the container is refused.
+    sas_url = start_pending_upload(azureml_box, unique_model_name, "1")
+    container, _, sas = sas_url.partition("?")
+    listing = requests.get(f"{container}?{sas}&restype=container&comp=list", timeout=30)
+    assert listing.status_code == 403, listing.text
+    assert requests.head(f"{container}/nothing?{sas}", timeout=30).status_code == 404
+
+    # Storage answers that the staged MLmodel is not there: checked blob by blob, not listed.
+    azureml_box.box.inject_fault(route="blob", method="HEAD", path=r"/MLmodel$", status=404,
+                                 times=None)
+    run = copy(source, f"{HEART}/1", unique_model_name)
+
+    assert run.code == 1, run.both
+    assert "does not hold what was written" in run.stderr and "MLmodel" in run.stderr
+    assert versions(azureml_box, unique_model_name) == []
+    assert not arm_calls(azureml_box, r"/versions/\d+$", "PUT")
+    assert_no_secrets(run.both, dict(os.environ))
+
+
+def test_a_registry_that_moves_the_files_on_registration(
+    azureml_box: BoxWorkspaces, registry: AzureMLResource, box_env: dict[str, str],
+    source: Source, unique_model_name: str,
+) -> None:
+    registry.copy_on_register = True
+    expected = sha256_tree(stored_folder(source.uri, HEART))
+
+    run = copy(source, f"{HEART}/1", unique_model_name, "--verify")
+
+    assert run.code == 0, run.both
+    assert run.document["status"] == "copied" and run.document["verified"] is True
+    (version,) = versions(azureml_box, unique_model_name)
+    model_uri = version["properties"]["modelUri"]
+    assert f"/{registry.blob_container}/" in model_uri  # not the pending upload's container
+    assert sha256_files(azureml_box.box.model_uri_files(model_uri)) == expected
+    assert version["properties"]["tags"][lineage.RUN]
+    for extra in (("--verify",), ()):
+        again = copy(source, f"{HEART}/1", unique_model_name, *extra)
+        assert again.code == 0, again.both
+        assert again.document["status"] == "unchanged"
+        assert again.document["target"]["version"] == "1"
+    assert again.document["verified"] is None
+    assert len(versions(azureml_box, unique_model_name)) == 1
+    assert_no_secrets(run.both + again.both, box_env)
+
+
+def test_a_lost_version_number_is_registered_from_a_pending_upload_of_the_next(
+    azureml_box: BoxWorkspaces, registry: AzureMLResource, source: Source,
+    unique_model_name: str,
+) -> None:
+    box = azureml_box.box
+    other = {"MLmodel": b"flavors: {}\n", "weights.bin": b"another model"}
+    # Another client registers version 1 while this run's PUT of version 1 is on its way.
+    box.inject_fault(route="arm", method="PUT", path=rf"/models/{unique_model_name}/versions/1$",
+                     delay=1.5, times=1)
+    thread, errors = when_registering(
+        azureml_box, unique_model_name,
+        lambda: box.add_registry_version(registry, unique_model_name, "1", other))
+
+    run = copy(source, f"{HEART}/1", unique_model_name)
+    thread.join(timeout=60)
+
+    assert not errors, errors
+    assert run.code == 0, run.both
+    assert run.document["status"] == "copied" and run.document["target"]["version"] == "2"
+    first, second = versions(azureml_box, unique_model_name)
+    assert sha256_files(box.model_uri_files(first["properties"]["modelUri"])) == \
+        sha256_files(other)
+    assert sha256_files(box.model_uri_files(second["properties"]["modelUri"])) == \
+        sha256_tree(stored_folder(source.uri, HEART))
+    # Version 2's files are in the pending upload handed out for version 2.
+    container = second["properties"]["modelUri"].split("/")[3]
+    (upload,) = [u for u in registry.pending_uploads.values() if u.container == container]
+    assert (upload.name, upload.version) == (unique_model_name, "2")
+    puts = arm_calls(azureml_box, r"/versions/\d+$", "PUT")
+    assert [(r.path.rsplit("/", 1)[1], r.status) for r in puts] == [("1", 409), ("2", 201)]
+    uploads = arm_calls(azureml_box, r"/startPendingUpload$", "POST")
+    assert [r.path.split("/")[-2] for r in uploads] == ["1", "2"]
+
+
+def test_archived_versions_keep_their_numbers_and_are_not_the_promotion(
+    azureml_box: BoxWorkspaces, registry: AzureMLResource, source: Source,
+    unique_model_name: str,
+) -> None:
+    box = azureml_box.box
+    assert copy(source, f"{BIG}/1", unique_model_name).code == 0
+    first = copy(source, f"{HEART}/1", unique_model_name)
+    assert first.code == 0 and first.document["target"]["version"] == "2", first.both
+    box.set_registry_version_archived(registry, unique_model_name, "2")
+    box.clear_requests()
+
+    run = copy(source, f"{HEART}/1", unique_model_name)
+
+    # The archived version holds number 2, and a retired version is not "already promoted".
+    assert run.code == 0, run.both
+    assert run.document["status"] == "copied" and run.document["target"]["version"] == "3"
+    states = [(v["name"], v["properties"]["isArchived"])
+              for v in versions(azureml_box, unique_model_name)]
+    assert states == [("1", False), ("2", True), ("3", False)]
+    listings = arm_calls(azureml_box, rf"/models/{unique_model_name}/versions$", "GET")
+    assert listings and all(r.query.get("listViewType") == "All" for r in listings)
+
+
+def test_a_duplicate_is_deleted_to_the_end_of_its_operation_and_a_failed_delete_says_so(
+    azureml_box: BoxWorkspaces, registry: AzureMLResource, box_env: dict[str, str],
+    source: Source, unique_model_name: str,
+) -> None:
+    box = azureml_box.box
+    assert copy(source, f"{HEART}/1", unique_model_name).code == 0
+
+    def run_while_restored() -> Run:
+        # Version 1 holds this promotion but is archived, so the run registers version 2; a
+        # user restores version 1 meanwhile, and the run removes its duplicate.
+        box.set_registry_version_archived(registry, unique_model_name, "1")
+        box.clear_requests()
+        box.inject_fault(route="arm", method="PUT",
+                         path=rf"/models/{unique_model_name}/versions/2$", delay=1.0, times=1)
+        thread, errors = when_registering(
+            azureml_box, unique_model_name,
+            lambda: box.set_registry_version_archived(registry, unique_model_name, "1", False))
+        run = copy(source, f"{HEART}/1", unique_model_name)
+        thread.join(timeout=60)
+        assert not errors, errors
+        return run
+
+    removed = run_while_restored()
+
+    assert removed.code == 0, removed.both
+    assert removed.document["status"] == "unchanged"
+    assert removed.document["target"]["version"] == "1"
+    assert [v["name"] for v in versions(azureml_box, unique_model_name)] == ["1"]
+    (delete,) = arm_calls(azureml_box, r"/versions/2$", "DELETE")
+    assert delete.status == 202
+    polls = arm_calls(azureml_box, r"/mfeOperationResults/", "GET")
+    assert polls and polls[-1].status == 204
+
+    registry.delete_outcome = "Failed"
+    failed = run_while_restored()
+
+    assert failed.code == 1, failed.both
+    assert "version 2 duplicates version 1" in failed.stderr
+    assert "operation failed" in failed.stderr and "UserError" in failed.stderr
+    assert "az ml model archive" in failed.stderr
+    assert "Traceback" not in failed.both
+    assert [v["name"] for v in versions(azureml_box, unique_model_name)] == ["1", "2"]
+    assert_no_secrets(removed.both + failed.both, box_env)
+
+
+def test_verify_reads_a_version_whose_data_reference_carries_no_credential(
+    azureml_box: BoxWorkspaces, registry: AzureMLResource, box_env: dict[str, str],
+    source: Source, unique_model_name: str,
+) -> None:
+    import requests
+
+    assert copy(source, f"{HEART}/1", unique_model_name).code == 0
+    (version,) = versions(azureml_box, unique_model_name)
+    mlmodel = version["properties"]["modelUri"] + "/MLmodel"
+    assert requests.get(mlmodel, timeout=30).status_code in (403, 404)  # private until then
+    registry.data_reference_credential = "NoCredentials"
+    azureml_box.box.clear_requests()
+
+    run = copy(source, f"{HEART}/1", unique_model_name, "--verify")
+
+    assert run.code == 0, run.both
+    assert run.document["status"] == "unchanged" and run.document["verified"] is True
+    assert arm_calls(azureml_box, r"/datareferences/", "POST")
+    assert requests.get(mlmodel, timeout=30).status_code == 200  # readable without a SAS
+    assert_no_secrets(run.both, box_env)

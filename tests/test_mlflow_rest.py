@@ -313,9 +313,9 @@ def test_transient_faults_are_retried(
 
     assert model.name == source.name
     assert flaky_proxy.counters.faults_injected == 2, flaky_proxy.counters
-    if fault == "dropped-connection":
-        assert elapsed < 2.0  # urllib3's schedule: no pause while the backoff factor is 0
-    else:
+    # Two faults, two retries (counted above); a lower bound on time is safe on a loaded
+    # machine, an upper one is not, so the dropped connections' zero backoff is not timed.
+    if fault != "dropped-connection":
         assert elapsed >= 2.0, f"Retry-After: 1 was not honoured ({elapsed:.2f}s for 2 retries)"
 
 

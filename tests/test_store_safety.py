@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from support import free_port
@@ -453,8 +454,9 @@ def test_broken_store_fails_in_one_line_within_seconds(tmp_path: Path, case: str
                 "folder-db-target": (2, "folder"), "garbage-db-source": (2, "not a sqlite"),
                 "garbage-db-target": (2, "not a sqlite")}[case]
     assert_one_line_failure(run, expected[0], expected[1], str(broken))
-    # Today MLflow retried a folder named x.db for 108 s; one import of mlflow is a few.
-    assert run.seconds < 20, run.seconds
+    # MLflow retried a folder named x.db for 108 s (its engine's connect loop); the message
+    # above is the store inspection's own, written before MLflow opens the store, so that loop
+    # never ran. (Bounded by what ran, not by wall time.)
     assert {k: v for k, v in tree_state(work).items() if not k.startswith("tmp")} == \
         {k: v for k, v in before.items() if not k.startswith("tmp")}
     assert not (tmp_path / "out.db").exists()
@@ -473,10 +475,13 @@ def test_snapshot_is_removed_when_the_process_ends(tmp_path: Path) -> None:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    """Python's own static file server: HTML pages, and an HTML 404 for anything else."""
+    """Python's own static file server: HTML pages, and an HTML 404 for anything else. Each
+    request is counted in `served` (BaseHTTPRequestHandler logs every request it answers)."""
+
+    served: ClassVar[list[str]] = []
 
     def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.served.append(self.requestline)
 
 
 @pytest.fixture
@@ -484,6 +489,7 @@ def plain_web_server(tmp_path: Path) -> Iterator[str]:
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("<html><body>Welcome to our intranet</body></html>\n")
+    _QuietHandler.served.clear()
     handler = partial(_QuietHandler, directory=str(site))
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -509,7 +515,8 @@ def test_web_server_that_is_not_mlflow_is_named_as_such(
     assert_one_line_failure(run, 2, "not an MLflow registry (HTTP 404, text/html)")
     assert "<html" not in run.both.lower() and "<!doctype" not in run.both.lower()
     assert not (tmp_path / "t.db").exists()
-    assert run.seconds < 20
+    # Bounded by attempts, not wall time: the first 404 page ends it, no retries of it.
+    assert 1 <= len(_QuietHandler.served) <= 2, _QuietHandler.served
 
 
 # -- 6: database stores (a real PostgreSQL server, when the machine has one) --------------------

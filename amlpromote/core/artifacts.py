@@ -263,16 +263,25 @@ class HttpSession:
         # Proxies from the environment must not see loopback traffic.
         self._session.trust_env = True
 
+    def raw(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One request on the session, its answer as it came (no status mapping)."""
+        if self.endpoint.verify is not True:
+            # Per request, as MLflow passes it: a session's `verify` loses to REQUESTS_CA_BUNDLE
+            # (requests' trust_env), so MLFLOW_TRACKING_SERVER_CERT_PATH would be ignored.
+            kwargs.setdefault("verify", self.endpoint.verify)
+        return self._session.request(method, url, **kwargs)
+
     def request(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
         import requests
 
         kwargs.setdefault("timeout", (10, 300))
         try:
-            response = self._session.request(method, url, **kwargs)
+            response = self.raw(method, url, **kwargs)
         except requests.exceptions.SSLError as exc:
             raise OperationFailed(f"TLS failure talking to {self.endpoint.base_url}: "
                                   f"{redact_text(str(exc.__class__.__name__))}",
-                                  hint="set REQUESTS_CA_BUNDLE to the server's CA bundle") from exc
+                                  hint="set MLFLOW_TRACKING_SERVER_CERT_PATH (or "
+                                       "REQUESTS_CA_BUNDLE) to the server's CA bundle") from exc
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:
             raise TransientError(f"{what}: connection to {self.endpoint.base_url} failed "

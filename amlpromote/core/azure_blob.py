@@ -45,8 +45,14 @@ from amlpromote.core.artifacts import (
     response_chunks,
     safe_relative_path,
 )
-from amlpromote.core.azure import AzureMlConnection, connection_of
-from amlpromote.core.errors import AuthFailed, NotFound, OperationFailed, Unreachable
+from amlpromote.core.azure import AzureMlConnection, AzureMlScope, connection_of
+from amlpromote.core.errors import (
+    AuthFailed,
+    BadInput,
+    NotFound,
+    OperationFailed,
+    Unreachable,
+)
 from amlpromote.core.retry import (
     RETRYABLE_STATUS,
     RetryPolicy,
@@ -67,11 +73,43 @@ BUFFERS = 6
 CREATE_BATCH = 50
 STORAGE_VERSION = "2021-12-02"  # Put Block / Put Block List / Put Blob as used here
 _LIST_PAGE_LIMIT = 10_000
+# The `azureml://` forms of a workspace's files, matched on the URI's path (after the "host").
+# Run artifacts, as azureml-mlflow 1.60 reads them (azureml/mlflow/_store/artifact/utils.py,
+# `get_run_info`): the workspace form `azureml://HOST/mlflow/v2.0/subscriptions/S/resourceGroups/
+# RG/providers/Microsoft.MachineLearningServices/workspaces/W/experiments/E/runs/R[/artifacts/P]`
+# (`_ARTIFACT_URI_REGEX`; mlflow/mlflow#9495 shows it with an experiment id), and the short form
+# that runs inside Azure ML jobs report, `azureml://experiments/NAME/runs/R/artifacts[/P]`
+# (`_ARTIFACT_URI_EXP_RUN_REGEX`; mlflow/mlflow#7806, microsoft/MLOps#74). The plugin's own
+# patterns are unanchored (a trailing `/foo` after the run id is silently ignored); these are not.
 _RUN_ARTIFACTS = re.compile(
-    r"^/mlflow/v[12]\.0/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
-    r"Microsoft\.MachineLearningServices/workspaces/[^/]+/experiments/(?P<exp>[^/]+)"
-    r"/runs/(?P<run>[^/]+)/artifacts(?P<rest>/.*)?$", re.IGNORECASE)
+    r"^/mlflow/v[12]\.0/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/"
+    r"Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)/experiments/(?P<exp>[^/]+)"
+    r"/runs/(?P<run>[^/]+)(?:/artifacts(?P<rest>/.*)?)?$", re.IGNORECASE)
+_SHORT_RUN_ARTIFACTS = re.compile(  # host "experiments"
+    r"^/(?P<exp>[^/]+)/runs/(?P<run>[^/]+)(?:/artifacts(?P<rest>/.*)?)?$")
+# `azureml://artifacts/ORIGIN/CONTAINER[/P]`: what azureml-mlflow's LocalArtifactClient names.
 _ASSET_ARTIFACTS = re.compile(r"^/(?P<origin>[^/]+)/(?P<container>[^/]+)(?P<rest>/.*)?$")
+# Datastore paths, as azure-ai-ml 1.35 parses them (azure/ai/ml/constants/_common.py):
+# `azureml://datastores/DS/paths/P` (SHORT_URI_REGEX_FORMAT), `azureml://datastores/DS/
+# ExperimentRun/...` (OUTPUT_URI_REGEX_FORMAT), `azureml://subscriptions/S/resourcegroups/RG/
+# workspaces/W/datastores/DS/paths/P` (LONG_URI_REGEX_FORMAT, what a model asset's path shows),
+# and a job's outputs `azureml://jobs/JOB/outputs/OUTPUT/paths/P` (JOB_URI_REGEX_FORMAT).
+_DATASTORE_SHORT = re.compile(r"^/(?P<ds>[^/]+)/paths/(?P<path>.+)$")  # host "datastores"
+_DATASTORE_OUTPUT = re.compile(r"^/(?P<ds>[^/]+)/(?P<path>ExperimentRun/.+)$")  # likewise
+_DATASTORE_LONG = re.compile(  # host "subscriptions"
+    r"^/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/workspaces/(?P<ws>[^/]+)"
+    r"/datastores/(?P<ds>[^/]+)/paths/(?P<path>.+)$", re.IGNORECASE)
+_JOB_OUTPUT = re.compile(r"^/(?P<job>[^/]+)/outputs/(?P<output>[^/]+)/paths/(?P<path>.*)$")
+# The workspace's artifact store is the datastore behind both artifact services: run artifacts
+# at ExperimentRun/dcid.<run id>/ (azureml-core's RUN_ORIGIN, and the blobs' names in the
+# workspace's `azureml` container, Azure/azureml-examples#1123), uploads at LocalUpload/<id>/.
+_ARTIFACT_DATASTORE = "workspaceartifactstore"
+_STORE_PATH = re.compile(
+    r"^(?P<origin>ExperimentRun|LocalUpload)/(?P<container>[^/]+)(?P<rest>/.*)?$")
+# A job's default output: "artifacts is the reserved keyword to refer to the output that
+# represents the default artifact location", `azureml://jobs/R/outputs/artifacts/paths/P` being
+# `runs:/R/P` (MicrosoftDocs/azure-docs, machine-learning/how-to-manage-models.md).
+_JOB_ARTIFACTS_OUTPUT = "artifacts"
 
 
 @dataclass(frozen=True)
@@ -88,31 +126,124 @@ class ArtifactFolder:
 
 
 def artifact_folder(connection: AzureMlConnection, uri: str) -> ArtifactFolder:
-    """Where an `azureml://` artifact URI's files are, for this workspace."""
+    """Where an `azureml://` artifact URI's files are, for this workspace.
+
+    Accepted: run artifacts (`azureml://HOST/mlflow/v2.0/.../workspaces/W/experiments/E/runs/R/
+    artifacts/P`, `azureml://experiments/E/runs/R/artifacts/P`), artifact service folders
+    (`azureml://artifacts/ORIGIN/CONTAINER/P`), the workspace artifact store's run and upload
+    folders as datastore paths (`azureml://datastores/workspaceartifactstore/paths/ExperimentRun/
+    dcid.R/P`, the same with `subscriptions/S/resourcegroups/RG/workspaces/W/` in front) and a
+    job's default output (`azureml://jobs/R/outputs/artifacts/paths/P`). Forms without a
+    workspace are this connection's workspace's; a form naming another workspace is refused
+    (BadInput) rather than read from this one, which is what azureml-mlflow would do: it
+    resolves every artifact URI against the tracking store's workspace."""
     scope = connection.scope
     parts = urlsplit(uri)
     if scope.is_registry:
         raise OperationFailed(f"reading or writing files of an Azure ML registry ({scope.name}) "
                               "is not supported",
                               hint="promote into an Azure ML workspace (--workspace)")
-    service_scope = scope.arm_id
-    if parts.netloc == "artifacts":
+    host = parts.netloc.lower()
+    if host == "artifacts":
         # azureml://artifacts/<origin>/<container>/<path>: a LocalUpload-style asset folder.
         match = _ASSET_ARTIFACTS.match(parts.path)
         if match is None:
-            raise OperationFailed(f"unrecognised Azure ML artifact URI {redact_text(uri)}",
-                                  hint="report this with the model version's source")
-        base = (f"{scope.host_url}/artifact/v2.0{service_scope}/artifacts/"
-                f"{quote(match['origin'])}/{quote(match['container'])}")
-        return ArtifactFolder(base, (match["rest"] or "").strip("/"),
-                              f"{match['origin']}/{match['container']}")
+            raise _unrecognised(uri)
+        return _asset_folder(scope, match["origin"], match["container"], match["rest"])
+    if host == "experiments":
+        match = _SHORT_RUN_ARTIFACTS.match(parts.path)
+        if match is None:
+            raise _unrecognised(uri)
+        return _run_folder(scope, match["exp"], match["run"], match["rest"])
+    if host in ("datastores", "subscriptions"):
+        found = (_DATASTORE_SHORT.match(parts.path) or _DATASTORE_OUTPUT.match(parts.path)
+                 if host == "datastores" else _DATASTORE_LONG.match(parts.path))
+        if found is None:
+            raise _unrecognised(uri)
+        if host == "subscriptions":
+            _check_same_workspace(scope, uri, found["sub"], found["rg"], found["ws"])
+        return _datastore_folder(scope, uri, found["ds"], found["path"])
+    if host == "jobs":
+        job = _JOB_OUTPUT.match(parts.path)
+        if job is None:
+            raise _unrecognised(uri)
+        if job["output"].lower() != _JOB_ARTIFACTS_OUTPUT:
+            # Named outputs live in a datastore (workspaceblobstore by default), not with the run.
+            raise _unreadable_datastore(scope, uri, f"output '{job['output']}' of job "
+                                                    f"{job['job']}")
+        return _asset_folder(scope, "ExperimentRun", f"dcid.{job['job']}", "/" + job["path"])
     match = _RUN_ARTIFACTS.match(parts.path)
     if match is None:
-        raise OperationFailed(f"unrecognised Azure ML artifact URI {redact_text(uri)}",
-                              hint="report this with the model version's source")
-    base = (f"{scope.host_url}/history/v1.0{service_scope}/experiments/{quote(match['exp'])}"
-            f"/runs/{quote(match['run'])}/artifacts")
-    return ArtifactFolder(base, (match["rest"] or "").strip("/"), f"run {match['run']}")
+        raise _unrecognised(uri)
+    _check_same_workspace(scope, uri, match["sub"], match["rg"], match["ws"])
+    return _run_folder(scope, match["exp"], match["run"], match["rest"])
+
+
+def _run_folder(scope: AzureMlScope, experiment: str, run: str, rest: str | None) \
+        -> ArtifactFolder:
+    # The run history service, as azureml-mlflow's RunArtifactsClient calls it.
+    base = (f"{scope.host_url}/history/v1.0{scope.arm_id}/experiments/{quote(experiment)}"
+            f"/runs/{quote(run)}/artifacts")
+    return ArtifactFolder(base, (rest or "").strip("/"), f"run {run}")
+
+
+def _asset_folder(scope: AzureMlScope, origin: str, container: str, rest: str | None) \
+        -> ArtifactFolder:
+    # The artifact service, as azureml-mlflow's LocalArtifactClient calls it.
+    base = (f"{scope.host_url}/artifact/v2.0{scope.arm_id}/artifacts/"
+            f"{quote(origin)}/{quote(container)}")
+    label = f"run {container[len('dcid.'):]}" if origin == "ExperimentRun" \
+        and container.startswith("dcid.") else f"{origin}/{container}"
+    return ArtifactFolder(base, (rest or "").strip("/"), label)
+
+
+def _datastore_folder(scope: AzureMlScope, uri: str, datastore: str, path: str) \
+        -> ArtifactFolder:
+    """A datastore path, when it is one the artifact services serve.
+
+    azureml-mlflow has no datastore support: it takes `azureml://datastores/DS/paths/P` for an
+    artifact service folder with origin DS and container "paths", which does not exist. azure-ai-ml
+    reads datastores straight from their storage account, with the datastore's secrets
+    (`datastores/DS/listSecrets`) or the caller's own storage role; amlpromote reads a workspace's
+    files only through its artifact services, with the workspace credential. Those serve the
+    workspace artifact store's run and upload folders, so those paths are read through them;
+    any other datastore path is refused with what to do instead."""
+    store_path = _STORE_PATH.match(path.strip("/")) \
+        if datastore.lower() == _ARTIFACT_DATASTORE else None
+    if store_path is None or (store_path["origin"] == "ExperimentRun"
+                              and not store_path["container"].startswith("dcid.")):
+        raise _unreadable_datastore(scope, uri, f"datastore '{datastore}'")
+    return _asset_folder(scope, store_path["origin"], store_path["container"], store_path["rest"])
+
+
+def _check_same_workspace(scope: AzureMlScope, uri: str, subscription: str, resource_group: str,
+                          workspace: str) -> None:
+    # ARM names are case-insensitive. Azure ML "doesn't support cross-workspace operations"
+    # (learn.microsoft.com, how-to-manage-models-mlflow): another workspace's files are not this
+    # one's, and reading the same path here would copy the wrong model or none.
+    named = (subscription.lower(), resource_group.lower(), workspace.lower())
+    if named != (scope.subscription.lower(), scope.resource_group.lower(), scope.name.lower()):
+        raise BadInput(f"{redact_text(uri)} is in Azure ML workspace '{workspace}' (resource "
+                       f"group '{resource_group}', subscription {subscription}), not in "
+                       f"{scope.display}",
+                       hint="promote from the workspace that holds the files: --source its "
+                            "MLflow URI (azureml://.../workspaces/NAME)")
+
+
+def _unrecognised(uri: str) -> OperationFailed:
+    return OperationFailed(f"unrecognised Azure ML artifact URI {redact_text(uri)}",
+                           hint="report this with the model version's source; amlpromote reads "
+                                "run artifacts, artifact service folders and the workspace "
+                                "artifact store's paths")
+
+
+def _unreadable_datastore(scope: AzureMlScope, uri: str, where: str) -> BadInput:
+    return BadInput(f"the files of {redact_text(uri)} are in {where} of {scope.display}, which "
+                    "amlpromote cannot read: it reads a workspace's files through its artifact "
+                    "services, not from a datastore's storage account",
+                    hint="register the model in the workspace from its run (runs:/RUN_ID/PATH) "
+                         "or from a local folder (az ml model download, then mlflow "
+                         "register_model), and promote that version")
 
 
 def artifact_source(client: Any, uri: str) -> AzureArtifactSource:
@@ -543,7 +674,9 @@ class ContainerFolder:
     """A folder in one blob container, with the container's SAS (never shown)."""
 
     container_url: str  # https://ACCOUNT.blob.../CONTAINER, no query
-    sas: str = field(repr=False)  # the SAS query string, without "?"; a secret
+    # The SAS query string, without "?"; a secret. "" where the container is readable
+    # without one (a registry's `NoCredentials` data reference, core/azure_registry.py).
+    sas: str = field(repr=False)
     prefix: str = ""  # the folder inside the container ("" for the whole container)
 
     @classmethod
@@ -572,7 +705,7 @@ class ContainerFolder:
 
     def blob_url(self, rel: str) -> str:
         name = f"{self.prefix}/{rel}" if self.prefix else rel
-        return f"{self.container_url}/{quote(name)}?{self.sas}"
+        return f"{self.container_url}/{quote(name)}" + (f"?{self.sas}" if self.sas else "")
 
     def list_url(self, marker: str | None) -> str:
         query = "restype=container&comp=list"
@@ -580,7 +713,7 @@ class ContainerFolder:
             query += f"&prefix={quote(self.prefix + '/', safe='')}"
         if marker:
             query += f"&marker={quote(marker, safe='')}"
-        return f"{self.container_url}?{self.sas}&{query}"
+        return f"{self.container_url}?{self.sas + '&' if self.sas else ''}{query}"
 
 
 class ContainerSource:

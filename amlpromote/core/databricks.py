@@ -381,6 +381,14 @@ class DatabricksRegistry:
         if isinstance(exc, RestError) and status in (429, 503):
             # DatabricksRestClient gives up on 429/503 only once the retry window is spent.
             return self.throttled(what)
+        if isinstance(exc, RestError) and _dropped_connection(exc):
+            # DatabricksRestClient retried the dropped connection for the whole window.
+            seconds = os.environ.get(RETRY_TIMEOUT_ENV, str(DEFAULT_RETRY_TIMEOUT_SECONDS))
+            return Unreachable(f"{what}: cannot reach {self.describe()}: the connection was "
+                               f"dropped on every try for {seconds} s",
+                               hint="check the host in the profile (or DATABRICKS_HOST), the "
+                                    f"proxy and the network; to wait longer set "
+                                    f"{RETRY_TIMEOUT_ENV} (seconds)")
         if "Reading Databricks credential configuration failed" in message:
             return BadInput(f"{what}: no usable credentials for {self.describe()}",
                             hint=self.credentials_hint())
@@ -524,6 +532,15 @@ class DatabricksRegistry:
             raise Unreachable(f"cannot reach {self.describe()}: {exc.strerror or exc}",
                               hint="check the host in the profile (or DATABRICKS_HOST) and the "
                                    "network") from None
+
+
+def _dropped_connection(exc: BaseException) -> bool:
+    """Whether a REST failure was the connection itself (reset, refused, timed out)."""
+    import requests
+
+    return isinstance(exc.__cause__, (requests.exceptions.ConnectionError,
+                                      requests.exceptions.Timeout,
+                                      requests.exceptions.ChunkedEncodingError))
 
 
 def _display_path(path: Path) -> str:

@@ -287,10 +287,10 @@ class AzureMlRegistryReader:
                 raise NotFound(f"model '{ref.name}' has no version {ref.version} in "
                                f"{self.display}")
             return found
-        versions = self.target.versions(ref.name)
-        if not versions:
+        latest = _latest(self.target.versions(ref.name))
+        if latest is None:
             raise NotFound(f"model '{ref.name}' has no versions in {self.display}")
-        return versions[-1]
+        return latest
 
     def files(self, version: VersionInfo) -> list[FileEntry]:
         reader = self.target.version_source(version)
@@ -432,7 +432,9 @@ def _entry(version: VersionInfo, by_version: dict[str, list[str]],
     return VersionEntry(
         version=version.version, created=_iso(version.creation_timestamp),
         aliases=sorted(by_version.get(version.version, [])) if has_aliases else None,
-        stage=version.extra.get("stage") or None, status=version.status,
+        stage=version.extra.get("stage") or None,
+        # An Azure ML registry keeps archived versions (their numbers stay taken).
+        status="Archived" if version.extra.get("archived") else version.status,
         provenance=provenance_of(version.tags))
 
 
@@ -441,7 +443,10 @@ def _number(version: VersionInfo) -> int:
 
 
 def _latest(versions: list[VersionInfo]) -> VersionInfo | None:
-    return max(versions, key=_number) if versions else None
+    """The highest version that is not archived (Azure ML's "latest" label skips archived
+    versions), else the highest."""
+    active = [v for v in versions if not v.extra.get("archived")] or versions
+    return max(active, key=_number) if active else None
 
 
 def _iso(timestamp_ms: int | None) -> str | None:

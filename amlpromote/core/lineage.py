@@ -31,6 +31,9 @@ BYTES = PREFIX + "bytes"
 CHAIN = PREFIX + "chain"
 # The source version's file listing when it was promoted (see `listing_digest`).
 LISTING = PREFIX + "listing"
+# One run's own mark on the version it registers, where the registry gives no other way to
+# recognise it (an Azure ML registry may move the files, so `modelUri` is not the staged one).
+RUN = PREFIX + "run"
 # Set only when a registry's tag limits made us leave something out (see `TagLimits`).
 CHAIN_DROPPED = PREFIX + "chain.dropped"  # how many of the oldest hops the chain leaves out
 TAGS_DROPPED = PREFIX + "tags.dropped"  # the source's own tags that were not carried
@@ -54,7 +57,9 @@ NO_LIMITS = TagLimits()
 # Azure ML's service limits (learn.microsoft.com/azure/machine-learning/resource-limits-capacity,
 # "Service limits in Azure Machine Learning"): runs take 50 tags with keys of up to 100 and
 # values of up to 1,000 characters (experiments: 50 / 250 / 1,000). Model versions have no
-# published figure of their own; they get the strictest of these.
+# published figure of their own; they get the strictest of these. (Checked against the page on
+# 2026-12-02; the Azure ML test emulator enforces the page's figures on its own, so a change
+# here that the service would refuse fails the tests.)
 AZURE_ML_TAG_LIMITS = TagLimits(max_tags=50, max_key=100, max_value=1000)
 
 

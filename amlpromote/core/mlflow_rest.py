@@ -315,7 +315,7 @@ class _ApiSession(HttpSession):
     errors are told apart by their JSON body, which HttpSession's status mapping drops."""
 
     def send(self, method: str, url: str, **kwargs: Any) -> Any:
-        return self._session.request(method, url, **kwargs)
+        return self.raw(method, url, **kwargs)
 
 
 class MlflowRestClient:

@@ -244,6 +244,12 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
             created = found
     except KeyboardInterrupt as exc:
         raise watch.interrupted_before_registered(exc) from None
+    except AmlPromoteError as exc:
+        left = watch.abort()
+        if left:
+            # The user should know what the failed run leaves behind (README "Leftovers").
+            exc.hint = f"{exc.hint}; {left}" if exc.hint else left
+        raise
     except BaseException:
         watch.abort()
         raise
@@ -274,7 +280,14 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
                 watch.said = (f"{target_name} version {created.version} duplicates version "
                               f"{winner.version} (registered by another run) and removing it "
                               "was interrupted: it may still be listed")
-                target.delete_version(target_name, created.version)
+                try:
+                    target.delete_version(target_name, created.version)
+                except AmlPromoteError as exc:
+                    exc.message = (f"{target_name} version {created.version} duplicates "
+                                   f"version {winner.version} (registered by another run) and "
+                                   f"removing it failed: {exc.message}")
+                    exc.args = (exc.message,)
+                    raise
                 status = "unchanged"
                 watch.superseded(winner)
             else:
@@ -360,10 +373,10 @@ def _verify(target: PromotionTarget, existing: VersionInfo, manifest: ArtifactMa
 
 # -- staging: cleanup, leftovers and interrupts (README "Leftovers", "Interrupts") -------------
 
-# What an interrupted run may spend on removing its staging or asking the registry whether it
-# registered, before it reports and exits: with the transfer's own stop (transfer.STOP_GRACE)
-# the process ends within 2 s of the signal, whatever the registry does.
-INTERRUPT_CLEANUP_SECONDS = 1.0
+# What an interrupted run may spend in all on asking the registry whether it registered and
+# removing its staging, before it reports and exits: with the transfer's own stop
+# (transfer.STOP_GRACE) the process ends within 2 s of the signal, whatever the registry does.
+INTERRUPT_CLEANUP_SECONDS = 1.5
 
 
 class _Staging:
@@ -390,9 +403,10 @@ class _Staging:
     def sweep(self, key: str) -> None:
         _sweep(self.target, self.staged, key, self.log)
 
-    def abort(self) -> None:
+    def abort(self) -> str | None:
+        """Remove the staging; what stays behind, as a sentence, or None."""
         self.stop()
-        self.target.abort(self.staged)
+        return self.target.abort(self.staged)
 
     def registered(self, version: VersionInfo) -> None:
         self.said = (f"{self.name} version {version.version} was registered in "
@@ -410,9 +424,10 @@ class _Staging:
 
         signum = interrupt_signal(exc)
         self.stop()
+        deadline = time.monotonic() + INTERRUPT_CLEANUP_SECONDS
         if self.registering:
             # The registry may have acted on the register call before the signal landed.
-            answered, found = _bounded(INTERRUPT_CLEANUP_SECONDS,
+            answered, found = _bounded(INTERRUPT_CLEANUP_SECONDS / 2,
                                        lambda: self.target.registered_from(self.staged,
                                                                            self.name))
             if not answered:
@@ -427,7 +442,7 @@ class _Staging:
                     f"{self.target.display}; the check for a duplicate registered by another "
                     "run, and the aliases, were not done",
                     hint="run the same command again to finish", signum=signum)
-        finished, left = _bounded(INTERRUPT_CLEANUP_SECONDS,
+        finished, left = _bounded(max(deadline - time.monotonic(), 0.0),
                                   lambda: self.target.abort(self.staged))
         files = left or "the staged files were removed" if finished else \
             "removing the staged files did not finish (the next run of this promotion does it)"

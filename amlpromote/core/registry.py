@@ -224,9 +224,16 @@ def translate_mlflow_error(exc: Exception, what: str, registry: str) -> AmlPromo
                                "~/.databrickscfg)")
     if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
         return NotFound(f"{what}: {first_line}", hint=f"check the name in {registry}")
+    if "certificate verify failed" in lowered or "sslerror" in lowered:
+        # requests wraps it in "Max retries exceeded": a retry or the network is not the cure.
+        return Unreachable(f"{what}: the TLS certificate of {registry} was not accepted",
+                           hint="set MLFLOW_TRACKING_SERVER_CERT_PATH (or REQUESTS_CA_BUNDLE) "
+                                "to the CA bundle that signed the server's certificate, or "
+                                "MLFLOW_TRACKING_INSECURE_TLS=true to skip the check")
     if ("max retries exceeded" in lowered or "connection refused" in lowered
             or "failed to establish" in lowered or "name or service not known" in lowered
-            or "connectionerror" in lowered or "timed out" in lowered):
+            or "connectionerror" in lowered or "timed out" in lowered
+            or "connection aborted" in lowered or "connection reset" in lowered):
         return Unreachable(f"{what}: cannot reach {registry}",
                            hint="check the URI, the network, and that the server is running")
     if code == "INVALID_PARAMETER_VALUE":

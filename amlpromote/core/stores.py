@@ -433,8 +433,9 @@ def _read_only_target(uri: RegistryUri, path: Path) -> OperationFailed:
 def _new_registry(uri: RegistryUri, state: StoreState, read_only: bool) -> OpenedStore:
     if read_only:
         return OpenedStore(None, state)
-    return OpenedStore(uri.uri, state, created=True,
-                       notes=[f"created a new registry at {uri.display}"])
+    # No note yet: the registry is made on the first write (MlflowTarget.prepare says so
+    # then), so a run that fails before it neither leaves nor claims a new registry.
+    return OpenedStore(uri.uri, state, created=True)
 
 
 def _snapshot(uri: RegistryUri, path: Path, state: StoreState, note: str | None) -> OpenedStore:

@@ -178,6 +178,13 @@ class MlflowTarget:
                     raise OperationFailed(f"cannot create the target folder {folder}",
                                           hint="check the parent folder's permissions") from exc
                 self.registry.store  # noqa: B018 - an empty folder now: a new registry
+        elif self.registry.store.created:
+            # An empty database: MLflow creates its schema when a client first opens it.
+            self.registry.call("creating the target registry",
+                               lambda: self.registry.client.search_registered_models(
+                                   max_results=1))
+        if self.registry.created_registry:
+            self.registry.log(f"created a new registry at {self.display}")
 
     def _open_sqlite(self, db: Path) -> None:
         """Open (and on first use create) the sqlite registry, one process at a time.

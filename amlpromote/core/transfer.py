@@ -81,7 +81,9 @@ class NoProgress:
 
 
 def default_workers() -> int:
-    return max(1, int(os.environ.get("AMLPROMOTE_PARALLEL", "8")))
+    """AMLPROMOTE_PARALLEL, else 8. Its value was checked when the command started
+    (core/settings.py); an empty one counts as unset, as for every AMLPROMOTE_* variable."""
+    return max(1, int(os.environ.get("AMLPROMOTE_PARALLEL") or "8"))
 
 
 def copy_files(source: ArtifactSource, sink: ArtifactSink, files: list[ArtifactFile],

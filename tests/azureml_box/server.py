@@ -40,15 +40,24 @@ What real clients send here (measured by logging every request; mlflow 3.15, azu
   RegistryModelVersions / RegistryDataReferences; also under azure-ai-ml's registry "management
   front end" prefix `/mferp/managementfrontend`, which `MLClient(registry_name=...).models.get`
   calls): `POST .../registries/R/models/N/versions/V/startPendingUpload` hands out a SAS of a
-  fresh temporary container in Azurite; `PUT .../versions/V` creates the version as a
+  fresh temporary container in Azurite, for version V only (its SAS writes and reads blobs,
+  cannot list or delete); `PUT .../versions/V` creates the version as a
   long-running operation (201 + `Azure-AsyncOperation`, InProgress for REGISTRY_LRO_SECONDS), 400
-  when `modelUri` holds no files (or an `mlflow_model` no MLmodel), 409 when an existing
-  version's asset path would change; `GET .../versions` lists (404 for a model without
+  when `modelUri` holds no files (or an `mlflow_model` no MLmodel) or is another version's
+  pending upload, 409 when an existing version's asset path would change; `DELETE` is a
+  long-running operation too (202 + `Location`); `GET .../versions` lists active versions, or
+  per `listViewType` archived ones / all (404 for a model without
   versions), `GET .../registries/R/models` lists the models that have a version
   (RegistryModelContainers); `POST .../registries/R/datareferences/N/versions/V` gives a
   read SAS of a version's files. A registry's versions live in the box, not in its MLflow backend.
+  A registry can be made less convenient per test: `copy_on_register` (the registration moves
+  the files and rewrites `modelUri`), `data_reference_credential = "NoCredentials"`,
+  `delete_outcome = "Failed"`.
 - Tokens carry the identity's tenant; a token of another tenant gets 401
   InvalidAuthenticationTokenTenant everywhere (`add_identity(name, tenant_id=...)`).
+- Tags over Azure ML's published limits (RUN_TAG_LIMITS and the rest, with their source) are
+  refused before the backend sees them: MLflow writes with Azure ML's 400 ValidationError
+  document, registry version PUTs with ARM's 400 UserError.
 
 Why a proxy: azureml-mlflow downloads a file only if its SAS URI matches
 `https://*.blob.<cloud storage suffix>/...` (`core.windows.net` for AzureCloud) and silently
@@ -136,10 +145,11 @@ _ARM_PENDING_UPLOAD = re.compile(
 _ARM_DATA_REFERENCE = re.compile(
     rf"^{_SCOPE}/datareferences/(?P<model>[^/]+)/versions/(?P<version>[^/]+)/?$", re.IGNORECASE
 )
-# Where an asynchronous ARM operation (a registry version being created) reports its status.
+# Where an asynchronous ARM operation reports its status (Azure-AsyncOperation: a registry
+# version being created) or its result (Location: a registry version being deleted).
 _ARM_OPERATION = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.MachineLearningServices/locations/"
-    r"(?P<location>[^/]+)/mfeOperationsStatus/(?P<op>[^/]+)/?$",
+    r"(?P<location>[^/]+)/(?P<monitor>mfeOperationsStatus|mfeOperationResults)/(?P<op>[^/]+)/?$",
     re.IGNORECASE,
 )
 # azure-ai-ml reaches registry assets through the registry's "management front end": the
@@ -170,7 +180,7 @@ _ARTIFACT = re.compile(
 _HISTORY = re.compile(
     r"^/history/v1\.0/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
     r"/providers/Microsoft\.MachineLearningServices/(?P<kind>workspaces)/(?P<name>[^/]+)"
-    r"/(?:experiments|experimentids)/(?P<experiment>[^/]+)/runs/(?P<run>[^/]+)/artifacts"
+    r"/(?P<by>experiments|experimentids)/(?P<experiment>[^/]+)/runs/(?P<run>[^/]+)/artifacts"
     r"(?P<rest>/.*)?$",
     re.IGNORECASE,
 )
@@ -179,10 +189,27 @@ _BACKEND_RUN_ARTIFACTS = re.compile(
     r"^mlflow-artifacts:/(?P<exp>[^/]+)/(?P<run>[^/]+)/artifacts(?P<rest>/.*)?$"
 )
 _BACKEND_EXPERIMENT = re.compile(r"^mlflow-artifacts:/(?P<exp>[^/]+)/?$")
+# How a workspace names artifact locations in its MLflow answers (`artifact_uri_form`):
+# - "long": runs as `azureml://HOST/mlflow/v2.0/<workspace id>/experiments/E/runs/R/artifacts`,
+#   what clients outside Azure ML see (mlflow/mlflow#9495, with the experiment id);
+# - "short": runs as `azureml://experiments/NAME/runs/R/artifacts`, what runs inside Azure ML
+#   jobs report (mlflow/mlflow#7806, microsoft/MLOps#74; azureml-mlflow's
+#   `_ARTIFACT_URI_EXP_RUN_REGEX` reads it against the tracking workspace);
+# - "datastore": runs as "short", and a model version whose files are a run's names them as a
+#   path in the workspace artifact store (`source`, `storage_location`, the download URI):
+#   `azureml://subscriptions/S/resourcegroups/RG/workspaces/W/datastores/workspaceartifactstore/
+#   paths/ExperimentRun/dcid.R/P`, the form of a model asset's path (azure-ai-ml
+#   LONG_URI_FORMAT; the New-AzMLWorkspaceModelVersion example in Az.MachineLearningServices);
+# - "datastore-short": the same as `azureml://datastores/workspaceartifactstore/paths/...`
+#   (azure-ai-ml SHORT_URI_FORMAT).
+ARTIFACT_URI_FORMS = ("long", "short", "datastore", "datastore-short")
+# MLflow API answers that carry model versions (whose sources the datastore forms rename).
+_VERSION_APIS = re.compile(r"^/api/[23]\.0/mlflow/(model-versions|registered-models)/")
 # MLflow 3 LoggedModel endpoints: Azure ML answers 404 with an empty body (measured by users
 # with azureml-mlflow 1.60/1.61 and mlflow 3.5-3.8, Azure/azure-sdk-for-python#44896).
 _LOGGED_MODELS = re.compile(r"^/api/[23]\.0/mlflow/logged-models(/|$)")
 _MLFLOW_ARTIFACTS_API = re.compile(r"^/api/[23]\.0/mlflow-artifacts(/|$)")
+_MLFLOW_API_PREFIX = re.compile(r"^/api/[23]\.0/mlflow/")
 _REGISTRY_DISCOVERY = re.compile(
     r"^/registrymanagement/v1\.0/registries/(?P<name>[^/]+)/discovery$", re.IGNORECASE
 )
@@ -202,6 +229,77 @@ def _b64url(data: bytes) -> str:
 
 def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# -- tag limits -----------------------------------------------------------------------------------
+
+# Azure ML's published service limits (MicrosoftDocs/azure-ai-docs, articles/machine-learning/
+# resource-limits-capacity.md, "Service limits in Azure Machine Learning"), in characters:
+# (number of tags, length of a tag key, length of a tag value).
+RUN_TAG_LIMITS = (50, 100, 1000)  # "Runs"
+EXPERIMENT_TAG_LIMITS = (50, 250, 1000)  # "Experiments"
+# The page gives no tag figures for models (only 1,500 files per version); where the service is
+# silent the box is strict: registered models and versions (workspace and registry) get the
+# runs' figures, the strictest published.
+MODEL_TAG_LIMITS = RUN_TAG_LIMITS
+LIMITS_URL = "https://aka.ms/azure-machine-learning-limits"
+
+
+def tag_limit_problem(tags: Iterable[tuple[Any, Any]], limits: tuple[int, int, int],
+                      existing: Iterable[str] = ()) -> str | None:
+    """Why Azure ML refuses these tags (added to the `existing` keys), if it does.
+
+    The wording is the service's own for an over-limit field, as users met it for metrics and
+    parameters (mlflow/mlflow#11462, Azure/azure-sdk-for-python#35685: "A field of the entity is
+    over the size limit. FieldName=Parameters, Limit=200, Size=210. See
+    https://aka.ms/azure-machine-learning-limits ..."); the field names for tags are not
+    published, `Tags`, `Tags.Key`, `Tags.Value` follow that pattern."""
+    count, key_length, value_length = limits
+    pairs = [(str(k), "" if v is None else str(v)) for k, v in tags]
+    for field_name, limit, size in (
+        [("Tags", count, len(set(existing) | {k for k, _ in pairs}))]
+        + [("Tags.Key", key_length, len(k)) for k, _ in pairs]
+        + [("Tags.Value", value_length, len(v)) for _, v in pairs]
+    ):
+        if size > limit:
+            return (f"A field of the entity is over the size limit. FieldName={field_name}, "
+                    f"Limit={limit}, Size={size}. See {LIMITS_URL} for service limits "
+                    "documentation.")
+    return None
+
+
+def registry_tag_problem(properties: dict[str, Any]) -> str | None:
+    """Why a registry model version PUT's `properties.tags` (a {key: value} object in
+    azure-rest-api-specs' ModelVersion) is refused, if it is. A PUT carries the version's whole
+    tag set, so nothing already stored counts."""
+    tags = properties.get("tags") or {}
+    if not isinstance(tags, dict):
+        return "properties.tags must be an object of string values."
+    return tag_limit_problem(tags.items(), MODEL_TAG_LIMITS)
+
+
+# MLflow REST writes that carry tags (mlflow/protos/service.proto, model_registry.proto): a new
+# entity's `tags` as [{key, value}], or one `key` and `value`; and the limits that apply.
+_MLFLOW_TAG_WRITES = {
+    "experiments/create": EXPERIMENT_TAG_LIMITS,
+    "experiments/set-experiment-tag": EXPERIMENT_TAG_LIMITS,
+    "runs/create": RUN_TAG_LIMITS,
+    "runs/set-tag": RUN_TAG_LIMITS,
+    "runs/log-batch": RUN_TAG_LIMITS,
+    "registered-models/create": MODEL_TAG_LIMITS,
+    "registered-models/set-tag": MODEL_TAG_LIMITS,
+    "model-versions/create": MODEL_TAG_LIMITS,
+    "model-versions/set-tag": MODEL_TAG_LIMITS,
+}
+# Writes that add to an existing entity: where to read the tags it has (GET path, the body
+# fields that name it, the key of the entity in the answer).
+_MLFLOW_TAG_OWNERS = {
+    "experiments/set-experiment-tag": ("experiments/get", ("experiment_id",), "experiment"),
+    "runs/set-tag": ("runs/get", ("run_id", "run_uuid"), "run"),
+    "runs/log-batch": ("runs/get", ("run_id",), "run"),
+    "registered-models/set-tag": ("registered-models/get", ("name",), "registered_model"),
+    "model-versions/set-tag": ("model-versions/get", ("name", "version"), "model_version"),
+}
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -236,10 +334,43 @@ class Fault:
     passed: int = 0
     # Hang up without answering (a connection dropped midway) instead of answering `status`.
     drop: bool = False
+    # Blobs only: after a successful commit (Put Blob / Put Block List) flip the stored blob's
+    # byte at this offset (negative: from the end); see `AzureMLBox.inject_fault`.
+    corrupt: int | None = None
 
-    def matches(self, route: str, method: str, path: str) -> bool:
+    def matches(self, route: str, method: str, path: str, commit: bool = False) -> bool:
         if self.times is not None and self.hits >= self.times:
             return False
+        if self.corrupt is not None and not commit:
+            # Only a request that commits a blob's content can be followed by its corruption;
+            # the Put Block requests before a Put Block List do not use up the fault.
+            return False
+        if self.route is not None and self.route != route:
+            return False
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        return self.path is None or self.path.search(path) is not None
+
+
+@dataclass
+class Gate:
+    """Requests held until `count` of them arrived; see `AzureMLBox.hold`."""
+
+    route: str | None
+    method: str | None
+    path: re.Pattern[str] | None
+    count: int
+    timeout: float
+    arrived: int = 0
+    released: bool = False
+    # True when `timeout` passed before `count` requests arrived (all were let go then).
+    timed_out: bool = False
+    condition: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    def is_released(self) -> bool:
+        return self.released
+
+    def matches(self, route: str, method: str, path: str) -> bool:
         if self.route is not None and self.route != route:
             return False
         if self.method is not None and self.method.upper() != method.upper():
@@ -281,10 +412,32 @@ class _RegistryVersion:
     created: datetime
     ready_at: float  # monotonic time at which its creation (a long-running operation) ends
     operation: str
+    # The modelUri the PUT named (`properties` hold where the registry keeps the files, which
+    # differs when it copied them: `AzureMLResource.copy_on_register`).
+    submitted_uri: str = ""
 
     @property
     def state(self) -> str:
         return "Succeeded" if time.monotonic() >= self.ready_at else "Creating"
+
+
+@dataclass
+class _RegistryDeletion:
+    """A registry model version's DELETE, a long-running operation (202 + Location)."""
+
+    name: str
+    version: str
+    ready_at: float
+    outcome: str  # "Succeeded" | "Failed"
+
+
+@dataclass(frozen=True)
+class _PendingUpload:
+    """A temporary container startPendingUpload handed out, and for which version."""
+
+    container: str
+    name: str
+    version: str
 
 
 @dataclass
@@ -301,6 +454,8 @@ class AzureMLResource:
     backend: MlflowServer | None
     owns_backend: bool
     logged_models: bool = False
+    # How the workspace's MLflow API reports artifact locations: one of ARTIFACT_URI_FORMS.
+    artifact_uri_form: str = "long"
     resource_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created: datetime = field(default_factory=_now)
     artifacts: dict[tuple[str, str], dict[str, _Artifact]] = field(default_factory=dict)
@@ -308,7 +463,16 @@ class AzureMLResource:
     # A registry's model versions (ARM assets; not the MLflow backend's), by (name, version).
     model_versions: dict[tuple[str, str], _RegistryVersion] = field(default_factory=dict)
     # Blob containers handed out by startPendingUpload, by pending upload id.
-    pending_uploads: dict[str, str] = field(default_factory=dict)
+    pending_uploads: dict[str, _PendingUpload] = field(default_factory=dict)
+    # Running and finished deletions of registry model versions, by operation id.
+    deletions: dict[str, _RegistryDeletion] = field(default_factory=dict)
+    # Registry behaviours the service may show and a test switches on (see the registry
+    # handlers): the registration copies the files elsewhere and rewrites `modelUri`;
+    # datareferences answers `NoCredentials` (the files are readable anonymously) instead of a
+    # SAS; a DELETE's operation ends "Failed".
+    copy_on_register: bool = False
+    data_reference_credential: str = "SAS"
+    delete_outcome: str = "Succeeded"
 
     @property
     def arm_id(self) -> str:
@@ -410,8 +574,11 @@ class AzureMLBox:
         self.identities: dict[str, Identity] = {self.identity.client_id: self.identity}
         self._resources: dict[tuple[str, str, str, str], AzureMLResource] = {}
         self._resources_lock = threading.Lock()
+        # (workspace ARM id, run id) -> (experiment id, experiment name), see _run_experiment.
+        self._run_experiments: dict[tuple[str, str], tuple[str, str]] = {}
         self._faults: list[Fault] = []
         self._faults_lock = threading.Lock()
+        self._gates: list[Gate] = []
         self._log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
         self.blocked_egress: list[str] = []
@@ -603,6 +770,7 @@ class AzureMLBox:
         allowed: bool | Iterable[str] = True,
         backend: MlflowServer | None = None,
         start_backend: bool = True,
+        artifact_uri_form: str = "long",
     ) -> AzureMLResource:
         """Register a workspace; unless `backend` is given, start its own `mlflow server`.
 
@@ -610,11 +778,17 @@ class AzureMLBox:
         `start_backend=False` for a workspace that only needs ARM answers (no MLflow calls).
         The returned resource's `logged_models` (default False: 404 like Azure ML) can be
         switched on to forward MLflow 3 LoggedModel calls to the backend.
+        `artifact_uri_form` (also settable on the resource): how its runs and model versions
+        name their files, see ARTIFACT_URI_FORMS.
         """
-        return self._register(
+        if artifact_uri_form not in ARTIFACT_URI_FORMS:
+            raise ValueError(f"artifact_uri_form must be one of {ARTIFACT_URI_FORMS}")
+        resource = self._register(
             "workspaces", subscription_id, resource_group, name, location, allowed, backend,
             start_backend,
         )
+        resource.artifact_uri_form = artifact_uri_form
+        return resource
 
     def registry(
         self,
@@ -804,6 +978,7 @@ class AzureMLBox:
         times: int | None = 1,
         after: int = 0,
         drop: bool = False,
+        corrupt: int | None = None,
     ) -> Fault:
         """Answer matching requests with `status` (after `delay` seconds), or just slow them
         down (`status=None`), for the next `times` matches (None: until cleared).
@@ -815,7 +990,19 @@ class AzureMLBox:
         after: let the first `after` matching requests through before the fault applies;
         drop: hang up without an answer (for blobs, midway through the request body).
         429/503 get a `Retry-After` header when `retry_after` is given.
+        corrupt (route "blob"): let a request that commits a blob's content (Put Blob, Put Block
+            List) through; once Azurite has answered it with success, and before that answer
+            reaches the client, rewrite the stored blob in Azurite with the byte at this offset
+            (negative: from the end) inverted. Only commits count towards `times`/`after`.
+            Azure Storage never does this on its own: it is strongly consistent, and a read
+            after a successful write returns what was written ("Manage concurrency in Blob
+            Storage", learn.microsoft.com/azure/storage/blobs/concurrency-manage). It models
+            what that page allows for: another writer with access to the blob (last writer
+            wins by default), or storage-side damage, between the upload and the read-back.
+            Opt-in: only a test that injects it sees altered blobs.
         """
+        if corrupt is not None and route != "blob":
+            raise ValueError("corrupt applies to blob storage (route='blob') only")
         fault = Fault(
             status=status,
             retry_after=retry_after,
@@ -826,6 +1013,7 @@ class AzureMLBox:
             times=times,
             after=after,
             drop=drop,
+            corrupt=corrupt,
         )
         with self._faults_lock:
             self._faults.append(fault)
@@ -834,17 +1022,58 @@ class AzureMLBox:
     def clear_faults(self) -> None:
         with self._faults_lock:
             self._faults.clear()
+            gates, self._gates = self._gates, []
+        for gate in gates:  # nothing stays held for a test that is over
+            with gate.condition:
+                gate.released = True
+                gate.condition.notify_all()
 
-    def _take_fault(self, route: str, method: str, path: str) -> Fault | None:
+    def _take_fault(self, route: str, method: str, path: str,
+                    commit: bool = False) -> Fault | None:
         with self._faults_lock:
             for fault in self._faults:
-                if fault.matches(route, method, path):
+                if fault.matches(route, method, path, commit):
                     if fault.passed < fault.after:
                         fault.passed += 1
                         continue
                     fault.hits += 1
                     return fault
         return None
+
+    def hold(self, *, route: str | None = None, method: str | None = None,
+             path: str | None = None, count: int = 2, timeout: float = 60.0) -> Gate:
+        """Hold matching requests (of the box's own routes, not blobs) until `count` of them
+        arrived, then let them all go at once; later matches pass untouched. A test forces a
+        race with it: two clients that each checked "is it there yet?" and both go on to write.
+        After `timeout` seconds the held requests are let go anyway and `timed_out` is set, so
+        a client that never came fails the test instead of hanging it. Cleared with the faults.
+        """
+        gate = Gate(route=route, method=method,
+                    path=re.compile(path) if path is not None else None, count=count,
+                    timeout=timeout)
+        with self._faults_lock:
+            self._gates.append(gate)
+        return gate
+
+    def _wait_at_gates(self, route: str, method: str, path: str) -> bool:
+        """Block while a gate holds this request; whether one did."""
+        with self._faults_lock:
+            gates = [g for g in self._gates if not g.released and g.matches(route, method, path)]
+        held = False
+        for gate in gates:
+            with gate.condition:
+                if gate.released:
+                    continue
+                held = True
+                gate.arrived += 1
+                if gate.arrived >= gate.count:
+                    gate.released = True
+                    gate.condition.notify_all()
+                    continue
+                if not gate.condition.wait_for(gate.is_released, timeout=gate.timeout):
+                    gate.timed_out = gate.released = True
+                    gate.condition.notify_all()
+        return held
 
     def _inspects_blobs(self) -> bool:
         with self._faults_lock:
@@ -894,6 +1123,21 @@ class AzureMLBox:
         container = self._blob_service_client().get_container_client(resource.blob_container)
         data: bytes = container.download_blob(name).readall()
         return data
+
+    def _corrupt_blob(self, container: str, name: str, offset: int) -> None:
+        """Rewrite a stored blob with one byte inverted (the "corrupt" blob fault): same size,
+        same content headers and metadata, other bytes. The stored MD5 is left for Azurite to
+        compute again, as Put Blob does for content it is not given a hash of."""
+        blob = self._blob_service_client().get_blob_client(container, name)
+        data = bytearray(blob.download_blob().readall())
+        if not -len(data) <= offset < len(data):
+            raise ValueError(f"blob {container}/{name} has {len(data)} bytes; no byte {offset}")
+        data[offset] ^= 0xFF
+        properties = blob.get_blob_properties()
+        settings = properties.content_settings
+        settings.content_md5 = None
+        blob.upload_blob(bytes(data), overwrite=True, content_settings=settings,
+                         metadata=properties.metadata)
 
     def _sas_url(self, container: str, blob_name: str, *, write: bool) -> str:
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
@@ -970,8 +1214,9 @@ class AzureMLBox:
     def _dispatch(self, req: _Request) -> tuple[_Response, str, str | None, str | None]:
         """-> (response, route, identity name, fault description)."""
         route, handler, match = self._route(req)
+        held = self._wait_at_gates(route, req.method, req.path)
         fault = self._take_fault(route, req.method, req.path)
-        fault_text = None
+        fault_text = "held" if held else None
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
@@ -1338,10 +1583,65 @@ class AzureMLBox:
             # Azure ML does not proxy artifacts through its MLflow API; the backend's
             # `--serve-artifacts` endpoints must stay unreachable through the box.
             return _Response(404)
+        if (refused := self._refuse_over_tag_limits(found.backend, req, api_path)) is not None:
+            return refused
         response = self._forward(found.backend, req, suffix)
         if kind == "workspaces":
-            response = self._publish_artifact_uris(found, response)
+            response = self._publish_artifact_uris(found, response, api_path)
         return response
+
+    def _refuse_over_tag_limits(self, backend: MlflowServer, req: _Request, api_path: str) \
+            -> _Response | None:
+        """Azure ML's answer to an MLflow write whose tags break its limits (RUN_TAG_LIMITS and
+        the rest, above), before the backend sees it; None when the write may go on. The limits
+        count the tags the entity already has: one more on a run that holds 50 is refused."""
+        endpoint = _MLFLOW_API_PREFIX.sub("", api_path)
+        limits = _MLFLOW_TAG_WRITES.get(endpoint)
+        if req.method != "POST" or limits is None:
+            return None
+        try:
+            body = json.loads(req.body or b"{}")
+        except ValueError:
+            return None  # malformed: the backend answers it as MLflow does
+        if not isinstance(body, dict):
+            return None
+        if isinstance(body.get("tags"), list):
+            pairs = [(t.get("key"), t.get("value")) for t in body["tags"] if isinstance(t, dict)]
+        elif "key" in body:
+            pairs = [(body.get("key"), body.get("value"))]
+        else:
+            return None
+        existing: list[str] = []
+        if reader := _MLFLOW_TAG_OWNERS.get(endpoint):
+            path, params, entity = reader
+            query = {k: str(body[k]) for k in params if body.get(k) is not None}
+            found = self._backend_get(backend, f"/api/2.0/mlflow/{path}", query)
+            node = (found or {}).get(entity) or {}
+            tags = (node.get("data") or {}).get("tags") if entity == "run" else node.get("tags")
+            existing = [str(t.get("key")) for t in tags or [] if isinstance(t, dict)]
+        problem = tag_limit_problem(pairs, limits, existing)
+        return None if problem is None else self._mlflow_validation_error(problem)
+
+    def _mlflow_validation_error(self, message: str) -> _Response:
+        """Azure ML's MLflow API refusing a request it validated: 400 with the service's error
+        document (PascalCase) and MLflow's `error_code`, as users quote it (mlflow/mlflow#11462,
+        Azure/azure-sdk-for-python#35685). It has no `message` key, so MLflow's RestException
+        shows it as "INVALID_PARAMETER_VALUE: Response: {...}"."""
+        request_id = uuid.uuid4().hex
+        payload = {
+            "Error": {"Code": "ValidationError", "Severity": None, "Message": message,
+                      "MessageFormat": None, "MessageParameters": None, "ReferenceCode": None,
+                      "DetailsUri": None, "Target": None, "Details": [], "InnerError": None,
+                      "DebugInfo": None, "AdditionalInfo": None},
+            "Correlation": {"operation": request_id, "request": request_id[:16]},
+            "Environment": self.location,
+            "Location": self.location,
+            "Time": _iso(_now()),
+            "ComponentName": "mlflow",
+            "statusCode": 400,
+            "error_code": "INVALID_PARAMETER_VALUE",
+        }
+        return _Response.json(400, payload)
 
     @staticmethod
     def _forward(backend: MlflowServer, req: _Request, suffix: str) -> _Response:
@@ -1362,32 +1662,71 @@ class AzureMLBox:
         finally:
             conn.close()
 
-    def _public_artifact_uri(self, ws: AzureMLResource, value: str) -> str:
+    def _public_artifact_uri(self, ws: AzureMLResource, value: str,
+                             names: dict[str, str] | None = None) -> str:
         """`mlflow-artifacts:/E/R/artifacts/p` (backend) -> the workspace's run artifact URI.
 
         Real workspaces report `azureml://<region>.api.azureml.ms/mlflow/v2.0/subscriptions/
         .../workspaces/W/experiments/E/runs/R/artifacts`; azureml-mlflow maps that form to the
-        run artifact ("history") service, which this box serves from Azurite.
+        run artifact ("history") service, which this box serves from Azurite. Inside a job
+        they report the short form instead (see ARTIFACT_URI_FORMS), with the experiment's name.
         """
         base = f"azureml://{self.netloc}/mlflow/v2.0{ws.arm_id}/experiments"
         if m := _BACKEND_RUN_ARTIFACTS.match(value):
+            if ws.artifact_uri_form != "long":
+                name = self._experiment_name(ws, m["exp"], names if names is not None else {})
+                return f"azureml://experiments/{name}/runs/{m['run']}/artifacts{m['rest'] or ''}"
             return f"{base}/{m['exp']}/runs/{m['run']}/artifacts{m['rest'] or ''}"
         if m := _BACKEND_EXPERIMENT.match(value):
             return f"{base}/{m['exp']}"
         return value
 
-    def _publish_artifact_uris(self, ws: AzureMLResource, response: _Response) -> _Response:
-        if "json" not in response.headers.get("Content-Type", "") or b"mlflow-artifacts:/" \
-                not in response.body:
-            return response
+    def _experiment_name(self, ws: AzureMLResource, experiment_id: str,
+                         names: dict[str, str]) -> str:
+        if experiment_id not in names:
+            assert ws.backend is not None
+            found = self._backend_get(ws.backend, "/api/2.0/mlflow/experiments/get",
+                                      {"experiment_id": experiment_id})
+            names[experiment_id] = found["experiment"]["name"] if found else experiment_id
+        return names[experiment_id]
 
-        def walk(node: Any) -> Any:
+    def _version_artifact_uri(self, ws: AzureMLResource, value: str) -> str:
+        """A model version's run-artifact location in the workspace's datastore form (when its
+        `artifact_uri_form` is one): only this workspace's own runs are renamed."""
+        if ws.artifact_uri_form not in ("datastore", "datastore-short"):
+            return value
+        own = (f"azureml://{self.netloc}/mlflow/v2.0{ws.arm_id}/experiments/".lower(),
+               "azureml://experiments/", "mlflow-artifacts:/")
+        m = _SOURCE_RUN_ARTIFACTS.search(value) or _BACKEND_RUN_ARTIFACTS.match(value)
+        if m is None or not value.lower().startswith(own):
+            return value
+        path = f"ExperimentRun/dcid.{m['run']}{m['rest'] or ''}"
+        if ws.artifact_uri_form == "datastore-short":
+            return f"azureml://datastores/{ARTIFACT_DATASTORE}/paths/{path}"
+        return (f"azureml://subscriptions/{ws.subscription_id}/resourcegroups/"
+                f"{ws.resource_group}/workspaces/{ws.name}/datastores/{ARTIFACT_DATASTORE}"
+                f"/paths/{path}")
+
+    def _publish_artifact_uris(self, ws: AzureMLResource, response: _Response,
+                               api_path: str = "") -> _Response:
+        versions = bool(_VERSION_APIS.match(api_path)) \
+            and ws.artifact_uri_form in ("datastore", "datastore-short")
+        if "json" not in response.headers.get("Content-Type", "") or not (
+                versions or b"mlflow-artifacts:/" in response.body):
+            return response
+        names: dict[str, str] = {}
+
+        def walk(node: Any, key: str = "") -> Any:
             if isinstance(node, dict):
-                return {k: walk(v) for k, v in node.items()}
+                return {k: walk(v, k) for k, v in node.items()}
             if isinstance(node, list):
                 return [walk(v) for v in node]
+            if versions and isinstance(node, str) and key in (
+                    "source", "storage_location", "artifact_uri") and (
+                    renamed := self._version_artifact_uri(ws, node)) != node:
+                return renamed
             if isinstance(node, str) and node.startswith("mlflow-artifacts:/"):
-                return self._public_artifact_uri(ws, node)
+                return self._public_artifact_uri(ws, node, names)
             return node
 
         body = json.dumps(walk(json.loads(response.body))).encode()
@@ -1470,8 +1809,19 @@ class AzureMLBox:
         if self.azurite is None:
             return self._aml_error(503, "ServiceUnavailable", "No blob storage in this box.")
         run_id = unquote(m["run"])
-        if req.method == "POST" and not self._run_exists(found, run_id):
-            return self._aml_error(404, "NotFound", f"Run {run_id} not found.",
+        # Strict where the service is silent: the run must exist in the experiment the path
+        # names (RunArtifactsOperations has both routes: experiments/{experimentName} and
+        # experimentids/{experimentId}); a wrong experiment is the run-not-found the history service answers for
+        # an unknown run (azureml-mlflow's artifact client raises it as RunNotFound).
+        experiment = self._run_experiment(found, run_id)
+        named = unquote(m["experiment"])
+        # `experimentids/ID` names the experiment by id only. `experiments/X` takes its name,
+        # and also the id: azureml-mlflow (get_run_info, RunArtifactsClient) puts whatever the
+        # run's artifact URI holds in that segment, and the long form carries the id.
+        by_id = m["by"].lower() == "experimentids"
+        if experiment is None or named not in (experiment[:1] if by_id else experiment):
+            return self._aml_error(404, "NotFound",
+                                   f"Run {run_id} not found in experiment {named}.",
                                    inner="RunNotFound")
         op = [unquote(p) for p in (m["rest"] or "").strip("/").split("/") if p]
         # Where real workspaces keep run artifacts: ExperimentRun/dcid.<run id>/<path>.
@@ -1567,6 +1917,26 @@ class AzureMLBox:
             return json.loads(body) if response.status == 200 else None
         finally:
             conn.close()
+
+    def _run_experiment(self, ws: AzureMLResource, run_id: str) -> tuple[str, str] | None:
+        """(experiment id, experiment name) of a run in the workspace's backend, or None.
+        Cached: a run never changes experiment, and every file request asks."""
+        cached = self._run_experiments.get((ws.arm_id, run_id))
+        if cached is not None:
+            return cached
+        if ws.backend is None:
+            return None
+        run = self._backend_get(ws.backend, "/api/2.0/mlflow/runs/get", {"run_id": run_id})
+        if run is None:
+            return None
+        exp_id = str(run["run"]["info"]["experiment_id"])
+        exp = self._backend_get(ws.backend, "/api/2.0/mlflow/experiments/get",
+                                {"experiment_id": exp_id})
+        if exp is None:
+            return None
+        found = (exp_id, str(exp["experiment"]["name"]))
+        self._run_experiments[(ws.arm_id, run_id)] = found
+        return found
 
     def _run_exists(self, ws: AzureMLResource, run_id: str) -> bool:
         if ws.backend is None:
@@ -1676,10 +2046,11 @@ class AzureMLBox:
         return self._authorize(req, "arm", "registries", m["sub"], m["rg"], m["name"], action)
 
     def _registry_model_version(self, req: _Request, m: re.Match[str]) -> _Response:
-        """GET, PUT (a long-running create: 201 + Azure-AsyncOperation) and DELETE of one
-        registry model version. Like Azure ML: a version's files must be in place when it is
-        created (an `mlflow_model` needs MLmodel at the root of `modelUri`), and an existing
-        version's asset path cannot change (409)."""
+        """GET, PUT (a long-running create: 201 + Azure-AsyncOperation) and DELETE (a
+        long-running delete: 202 + Location) of one registry model version. Like Azure ML: a
+        version's files must be in place when it is created (an `mlflow_model` needs MLmodel at
+        the root of `modelUri`), in the pending upload handed out for that very version, and an
+        existing version's asset path cannot change (409)."""
         action = {"GET": "read", "PUT": "write", "DELETE": "delete"}.get(req.method)
         if action is None:
             return self._arm_error(405, "MethodNotAllowed", f"{req.method} is not allowed.")
@@ -1696,29 +2067,39 @@ class AzureMLBox:
                                        f"{found.name}.")
             return _Response.json(200, self._registry_version_json(found, record))
         if req.method == "DELETE":
-            with found.lock:
-                found.model_versions.pop(key, None)
-            return _Response(204)
+            return self._registry_delete(req, found, key)
         try:
             body = json.loads(req.body or b"{}")
             properties = dict(body["properties"])
         except (ValueError, TypeError, KeyError):
             return self._arm_error(400, "UserError", "Body must be {\"properties\": {...}}.")
-        problem = self._check_model_uri(found, properties)
+        problem = registry_tag_problem(properties) or self._check_model_uri(found, key, properties)
         if problem is not None:
             return self._arm_error(400, "UserError", problem)
         with found.lock:
             existing = found.model_versions.get(key)
             if existing is not None:
-                if existing.properties.get("modelUri") != properties.get("modelUri"):
+                # The asset path is where the registry keeps the files, or what the creating
+                # PUT named (a client repeating its PUT names its pending upload again).
+                if properties.get("modelUri") not in (existing.properties.get("modelUri"),
+                                                      existing.submitted_uri):
                     return self._arm_error(409, "UserError", "Asset paths cannot be updated.")
                 for field_name in ("description", "tags", "properties", "stage", "isArchived"):
                     if field_name in properties:
                         existing.properties[field_name] = properties[field_name]
                 return _Response.json(200, self._registry_version_json(found, existing))
+            submitted = str(properties.get("modelUri") or "")
             record = _RegistryVersion(key[0], key[1], properties, _now(),
-                                      time.monotonic() + REGISTRY_LRO_SECONDS, uuid.uuid4().hex)
+                                      time.monotonic() + REGISTRY_LRO_SECONDS, uuid.uuid4().hex,
+                                      submitted_uri=submitted)
             found.model_versions[key] = record
+        if found.copy_on_register:
+            # Azure ML does not promise that a registered version keeps its files where the
+            # client staged them: azure-ai-ml reads a registry version's files from its
+            # `path` as GET answers it (ModelOperations.download, get_storage_details_for_
+            # registry_assets), never from the pending upload. Strict: the registry copies them
+            # into its own storage and `modelUri` names the copy.
+            record.properties["modelUri"] = self._copy_into_registry(found, key, submitted)
         base = f"https://{req.host}" if req.host.endswith(AML_HOST_SUFFIX) else self.url
         status_url = base + (
             f"/subscriptions/{found.subscription_id}/providers/{PROVIDER}/locations/"
@@ -1728,17 +2109,33 @@ class AzureMLBox:
                               {"Azure-AsyncOperation": status_url,
                                "x-ms-async-operation-timeout": "PT1H"})
 
-    def _check_model_uri(self, reg: AzureMLResource, properties: dict[str, Any]) -> str | None:
-        """Why a new version's `modelUri` is not acceptable, if it is not."""
+    def _check_model_uri(self, reg: AzureMLResource, key: tuple[str, str],
+                         properties: dict[str, Any]) -> str | None:
+        """Why a new version's `modelUri` is not acceptable, if it is not (an existing
+        version's PUT is judged against its asset path instead).
+
+        A pending upload is per version: the route is `.../models/{name}/versions/{version}/
+        startPendingUpload` (azure-rest-api-specs, RegistryModelVersions_
+        CreateOrGetStartPendingUpload), and azure-ai-ml asks one for the version it then creates
+        (`_check_and_upload_path` -> `get_sas_uri_for_registry_asset` with that name and
+        version). Whether the service accepts another version's container is not documented;
+        strict: it does not (400, not a conflict)."""
+        with reg.lock:
+            if key in reg.model_versions:
+                return None
+            handed_out = {u.container: u for u in reg.pending_uploads.values()}
         uri = str(properties.get("modelUri") or "")
         parts = urlsplit(uri)
         segments = [unquote(p) for p in parts.path.split("/") if p]
-        with reg.lock:
-            containers = set(reg.pending_uploads.values())
         if not parts.netloc.endswith(BLOB_HOST_SUFFIX) or not segments \
-                or segments[0] not in containers:
+                or segments[0] not in handed_out:
             return (f"modelUri {uri!r} is not a location this registry handed out "
                     "(startPendingUpload).")
+        upload = handed_out[segments[0]]
+        if (upload.name, upload.version) != key:
+            return (f"modelUri {uri!r} is the pending upload of model {upload.name} version "
+                    f"{upload.version}; model {key[0]} version {key[1]} must be uploaded to "
+                    "its own (startPendingUpload of that version).")
         folder = "/".join(segments[1:])
         names = self.container_blob_names(segments[0], f"{folder}/" if folder else None)
         if not names:
@@ -1773,7 +2170,10 @@ class AzureMLBox:
     def _handle_registry_model_versions(self, req: _Request, m: re.Match[str] | None) \
             -> _Response:
         """List one model's versions, paged (`$skip` in `nextLink`); 404 for a model that has
-        no version."""
+        no version. `listViewType` (RegistryModelVersions_List; ListViewType: ActiveOnly,
+        ArchivedOnly, All) picks archived or active versions; without it only active ones are
+        listed, as for every Azure ML asset list (azure-ai-ml's `models.list` sends ActiveOnly
+        unless asked for archived ones)."""
         assert m is not None
         if req.method != "GET":
             return self._arm_error(405, "MethodNotAllowed", f"{req.method} is not allowed.")
@@ -1781,11 +2181,18 @@ class AzureMLBox:
         if isinstance(found, _Response):
             return found
         name = unquote(m["model"])
+        views = {"activeonly": (False,), "archivedonly": (True,), "all": (False, True)}
+        view = views.get(str(req.query.get("listViewType") or "ActiveOnly").lower())
+        if view is None:
+            return self._arm_error(400, "UserError",
+                                   f"listViewType {req.query['listViewType']!r} is not one of "
+                                   "ActiveOnly, ArchivedOnly, All.")
         with found.lock:
-            records = [r for (n, _), r in found.model_versions.items() if n == name]
-        if not records:
+            every = [r for (n, _), r in found.model_versions.items() if n == name]
+        if not every:
             return self._arm_error(404, "ResourceNotFound",
                                    f"Model container {name} not found in registry {found.name}.")
+        records = [r for r in every if bool(r.properties.get("isArchived")) in view]
         records.sort(key=lambda r: (0, int(r.version)) if r.version.isdigit() else (1, 0))
         start = int(req.query.get("$skip") or 0)
         size = int(req.query.get("$top") or _LIST_PAGE_SIZE)
@@ -1845,6 +2252,8 @@ class AzureMLBox:
         except _Unauthenticated as exc:
             return self._unauthenticated("arm", exc)
         self._current_identity.name = identity.name
+        if m["monitor"].lower() == "mfeoperationresults":
+            return self._registry_deletion_result(req, m)
         for reg in self.resources():
             with reg.lock:
                 record = next((r for r in reg.model_versions.values()
@@ -1880,12 +2289,18 @@ class AzureMLBox:
             return self._arm_error(400, "UserError", f"pendingUploadType {kind!r} is not "
                                                      "supported.")
         upload_id = str(body.get("pendingUploadId") or uuid.uuid4())
+        key = (unquote(m["model"]), unquote(m["version"]))
         with found.lock:
-            container = found.pending_uploads.get(upload_id)
-            if container is None:
-                container = f"pending-{uuid.uuid4().hex}"
-                found.pending_uploads[upload_id] = container
-                self._blob_service_client().create_container(container)
+            upload = found.pending_uploads.get(upload_id)
+            if upload is not None and (upload.name, upload.version) != key:
+                return self._arm_error(400, "UserError",
+                                       f"Pending upload {upload_id} belongs to model "
+                                       f"{upload.name} version {upload.version}.")
+            if upload is None:
+                upload = _PendingUpload(f"pending-{uuid.uuid4().hex}", *key)
+                found.pending_uploads[upload_id] = upload
+                self._blob_service_client().create_container(upload.container)
+            container = upload.container
         blob_uri = f"https://{ACCOUNT_NAME}{BLOB_HOST_SUFFIX}/{container}"
         return _Response.json(200, {
             "blobReferenceForConsumption": {
@@ -1900,7 +2315,16 @@ class AzureMLBox:
 
     def _handle_registry_data_reference(self, req: _Request, m: re.Match[str] | None) \
             -> _Response:
-        """A read SAS for the files of a registered version (`blobUri` = its modelUri)."""
+        """A read SAS for the files of a registered version (`blobUri` = its modelUri), or,
+        with `data_reference_credential = "NoCredentials"`, no credential at all.
+
+        NoCredentials is the spec's own example answer of RegistryDataReferences_
+        GetBlobReferenceSAS; its credential type is `AnonymousAccessCredential` ("Access
+        credential with no credentials", azure-ai-ml's generated arm_ml_service models), and
+        azure-ai-ml then reads `blobUri`'s container with no credential at all
+        (ModelOperations.download: `get_storage_client(credential=None, ...)`, which lists and
+        downloads). So the container allows anonymous read and list; nothing else does, and
+        the answer carries no `sasUri`."""
         assert m is not None
         if req.method != "POST":
             return self._arm_error(405, "MethodNotAllowed", f"{req.method} is not allowed.")
@@ -1921,12 +2345,18 @@ class AzureMLBox:
         if blob_uri.rstrip("/") != model_uri.rstrip("/"):
             return self._arm_error(400, "UserError", "blobUri is not the asset's location.")
         container = unquote(urlsplit(model_uri).path.split("/")[1])
+        if found.data_reference_credential == "NoCredentials":
+            self._blob_service_client().get_container_client(container) \
+                .set_container_access_policy(signed_identifiers={}, public_access="container")
+            credential: dict[str, str] = {"credentialType": "NoCredentials"}
+        else:
+            credential = {"credentialType": "SAS",
+                          "sasUri": f"{model_uri}?{self._container_sas(container, False)}"}
         return _Response.json(200, {
             "blobReferenceForConsumption": {
                 "blobUri": model_uri,
                 "storageAccountArmId": self._storage_arm_id(found),
-                "credential": {"credentialType": "SAS",
-                               "sasUri": f"{model_uri}?{self._container_sas(container, False)}"},
+                "credential": credential,
             },
         })
 
@@ -1936,17 +2366,109 @@ class AzureMLBox:
                 f"/providers/Microsoft.Storage/storageAccounts/{ACCOUNT_NAME}")
 
     def _container_sas(self, container: str, write: bool) -> str:
+        """A container SAS: to write a pending upload, or to read a version's files.
+
+        What a pending upload's SAS allows is not documented (PendingUploadResponseDto says
+        only "SAS"); azure-ai-ml uploads with it and reads blob properties and sets metadata
+        (`_check_and_upload_path` -> `upload_artifact`, BlobStorageClient), never lists.
+        Strict: read, create, write and add, no list and no delete (Azurite enforces a SAS's
+        permissions). A data reference is for consumption, and azure-ai-ml lists with it
+        (`download_artifact_from_storage_url`): read and list."""
         from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
         now = _now()
-        permission = ContainerSasPermissions(read=True, list=True, write=write, create=write,
-                                             add=write)
+        permission = ContainerSasPermissions(read=True, list=not write, write=write,
+                                             create=write, add=write)
         return str(generate_container_sas(
             account_name=ACCOUNT_NAME, container_name=container, account_key=ACCOUNT_KEY,
             permission=permission, start=now - timedelta(minutes=5),
             expiry=now + timedelta(hours=1), protocol="https"))
 
-    # -- registry state, for assertions ---------------------------------------------------------
+    def _registry_delete(self, req: _Request, reg: AzureMLResource,
+                         key: tuple[str, str]) -> _Response:
+        """DELETE of a registry model version: 202 + Location (+ x-ms-async-operation-timeout),
+        as the spec's RegistryModelVersions_Delete example answers (200 and 204 are allowed
+        too; the strictest is the long-running one). The Location URL answers 202 while the
+        deletion runs, then 204 (ARM's async-operations contract for DELETE). With
+        `delete_outcome = "Failed"` the operation fails: the version stays and the Location URL
+        answers the error document with a 4xx status, as ARM does for a failed operation
+        (azure-core's LocationPolling treats any status but 200/201/202/204 as a failure)."""
+        with reg.lock:
+            if key not in reg.model_versions:
+                return _Response(204)
+            operation = uuid.uuid4().hex
+            reg.deletions[operation] = _RegistryDeletion(
+                key[0], key[1], time.monotonic() + REGISTRY_LRO_SECONDS, reg.delete_outcome)
+            if reg.delete_outcome != "Failed":
+                del reg.model_versions[key]
+        return _Response(202, headers={"Location": self._operation_url(req, reg, operation,
+                                                                       "mfeOperationResults"),
+                                       "x-ms-async-operation-timeout": "PT1H"})
+
+    def _operation_url(self, req: _Request, reg: AzureMLResource, operation: str,
+                       monitor: str) -> str:
+        base = f"https://{req.host}" if req.host.endswith(AML_HOST_SUFFIX) else self.url
+        return base + (f"/subscriptions/{reg.subscription_id}/providers/{PROVIDER}/locations/"
+                       f"{reg.location}/{monitor}/{operation}?api-version="
+                       f"{req.query['api-version']}")
+
+    def _registry_deletion_result(self, req: _Request, m: re.Match[str]) -> _Response:
+        for reg in self.resources():
+            with reg.lock:
+                deletion = reg.deletions.get(m["op"])
+            if deletion is None or reg.subscription_id.lower() != m["sub"].lower():
+                continue
+            if time.monotonic() < deletion.ready_at:
+                return _Response(202, headers={"Location": self._operation_url(
+                    req, reg, m["op"], "mfeOperationResults")})
+            if deletion.outcome == "Failed":
+                return self._arm_error(
+                    400, "UserError",
+                    f"Deleting model {deletion.name} version {deletion.version} failed: the "
+                    "registry could not remove the version's replicas.")
+            return _Response(204)
+        return self._arm_error(404, "ResourceNotFound", f"Operation {m['op']} not found.")
+
+    def _copy_into_registry(self, reg: AzureMLResource, key: tuple[str, str],
+                            model_uri: str) -> str:
+        """Copy a version's staged files into the registry's own container; the copy's URL."""
+        files = self.model_uri_files(model_uri)
+        folder = f"models/{key[0]}/versions/{key[1]}"
+        client = self._blob_service_client().get_container_client(reg.blob_container)
+        for rel, data in files.items():
+            client.upload_blob(f"{folder}/{rel}", data, overwrite=True)
+        return (f"https://{ACCOUNT_NAME}{BLOB_HOST_SUFFIX}/{reg.blob_container}/"
+                f"{quote(folder)}")
+
+    # -- registry state, for assertions and for what other clients do ---------------------------
+
+    def add_registry_version(self, registry: AzureMLResource, name: str, version: str,
+                             files: dict[str, bytes], *, tags: dict[str, str] | None = None,
+                             archived: bool = False) -> dict[str, Any]:
+        """A version registered (already Succeeded) by another client: its files in a pending
+        upload of its own, as if that client had staged them there."""
+        container = f"pending-{uuid.uuid4().hex}"
+        with registry.lock:
+            registry.pending_uploads[uuid.uuid4().hex] = _PendingUpload(container, name, version)
+        client = self._blob_service_client().create_container(container)
+        for rel, data in files.items():
+            client.upload_blob(f"model/{rel}", data)
+        model_uri = f"https://{ACCOUNT_NAME}{BLOB_HOST_SUFFIX}/{container}/model"
+        record = _RegistryVersion(
+            name, version, {"modelType": "mlflow_model", "modelUri": model_uri,
+                            "tags": dict(tags or {}), "isArchived": archived},
+            _now(), 0.0, uuid.uuid4().hex, submitted_uri=model_uri)
+        with registry.lock:
+            if (name, version) in registry.model_versions:
+                raise ValueError(f"{name} version {version} exists")
+            registry.model_versions[(name, version)] = record
+        return self._registry_version_json(registry, record)
+
+    def set_registry_version_archived(self, registry: AzureMLResource, name: str, version: str,
+                                      archived: bool = True) -> None:
+        """Archive (or restore) a version, as `az ml model archive --registry-name` does."""
+        with registry.lock:
+            registry.model_versions[(name, version)].properties["isArchived"] = archived
 
     def registry_versions(self, registry: AzureMLResource, name: str) -> list[dict[str, Any]]:
         """A registry model's versions as GET answers them, by version number."""
@@ -2212,7 +2734,11 @@ class _BlobInspector:
         started = time.time()
         split = urlsplit(target)
         path = unquote(split.path)
-        fault = box._take_fault("blob", method, path)
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        # Put Blob (no comp, no restype) and Put Block List (comp=blocklist) set a blob's content.
+        commit = method == "PUT" and "restype" not in query \
+            and query.get("comp", "blocklist") == "blocklist"
+        fault = box._take_fault("blob", method, path, commit)
         if lowered.get("expect", "").lower() == "100-continue" and not (fault and fault.drop):
             tls.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         length = int(lowered.get("content-length") or 0)
@@ -2251,6 +2777,12 @@ class _BlobInspector:
         upstream.request(method, target, body=body, headers=forwarded)
         response = upstream.getresponse()
         data = response.read()
+        if fault is not None and fault.corrupt is not None and 200 <= response.status < 300:
+            # The stored blob changes before the client hears that its write succeeded, so
+            # whatever the client does next sees the altered bytes (no race with the test).
+            container, _, blob_name = path.lstrip("/").partition("/")
+            box._corrupt_blob(container, blob_name, fault.corrupt)
+            fault_text = f"corrupt={fault.corrupt}"
         out = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
         self._send(tls, response.status, out, data, method,
                    length=response.getheader("Content-Length"))

@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -122,6 +122,11 @@ class FlakyProxy:
 
     "Every n-th" and `max_faults` count from the latest `configure()` call.
 
+    `on_response(method, path, status)`, if given, is called for every forwarded request once
+    the upstream has answered and before the answer is relayed: what it does to the upstream's
+    state (e.g. alter a file the server just stored) happens before the client learns of the
+    answer, so the client's next request sees it. If it raises, the client gets a 502.
+
     When n-th counters coincide, drop wins over fail.
     """
 
@@ -142,6 +147,7 @@ class FlakyProxy:
         client_timeout: float = 120.0,
         upstream_ssl_context: ssl.SSLContext | None = None,
         rewrite_host: bool = True,
+        on_response: Callable[[str, str, int], None] | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -156,6 +162,7 @@ class FlakyProxy:
         self.client_timeout = client_timeout
         self.upstream_ssl_context = upstream_ssl_context
         self.rewrite_host = rewrite_host
+        self.on_response = on_response
 
         self._lock = threading.Lock()
         self._config = _FaultConfig()
@@ -408,6 +415,16 @@ class _ProxyServer(ThreadingHTTPServer):
     allow_reuse_address = True
     proxy: FlakyProxy
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that was killed or hung up resets its connections: that is the tests'
+        # business, not a proxy fault. socketserver would print a traceback to whatever
+        # sys.stderr is then, which may be a CLI run's captured stream in this process.
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
 
 class _ClientGone(Exception):
     """The downstream client closed its connection; nothing more can be sent."""
@@ -563,6 +580,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self._note("upstream_error", 502)
                 self._send_bad_gateway(exc)
                 return
+            if proxy.on_response is not None:
+                try:
+                    proxy.on_response(method, self.path, response.status)
+                except Exception as exc:
+                    self._note("upstream_error", 502)
+                    self._send_bad_gateway(exc)
+                    return
             self._relay_response(response, truncate, cfg)
         finally:
             if upstream.sock is not None:
