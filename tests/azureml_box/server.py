@@ -1811,8 +1811,8 @@ class AzureMLBox:
         run_id = unquote(m["run"])
         # Strict where the service is silent: the run must exist in the experiment the path
         # names (RunArtifactsOperations has both routes: experiments/{experimentName} and
-        # experimentids/{experimentId}); a wrong experiment is the run-not-found the history service answers for
-        # an unknown run (azureml-mlflow's artifact client raises it as RunNotFound).
+        # experimentids/{experimentId}); a wrong experiment is the run-not-found the history
+        # service answers for an unknown run (azureml-mlflow raises it as RunNotFound).
         experiment = self._run_experiment(found, run_id)
         named = unquote(m["experiment"])
         # `experimentids/ID` names the experiment by id only. `experiments/X` takes its name,
