@@ -13,8 +13,7 @@ import hashlib
 import os
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -250,10 +249,9 @@ def test_concurrent_promotions_end_with_one_version(
     from amlpromote.core.refs import parse_model_ref
     from amlpromote.core.uris import parse_registry_uri
 
-    # A slow registration, so that both runs reach it before either version exists: one of
-    # them then loses the number to the other (409) and takes the winner's version.
-    azureml_box.box.inject_fault(route="arm", method="PUT", path=r"/versions/\d+$", delay=1.5,
-                                 times=2)
+    # Both registrations are held until both arrived, so both runs found no version first:
+    # one of them then loses the number to the other (409) and takes the winner's version.
+    gate = azureml_box.box.hold(route="arm", method="PUT", path=r"/versions/\d+$", count=2)
     target = replace(parse_registry_uri(azureml_box.registry.mlflow_uri),
                      credential="managed-identity")
     request = PromoteRequest(parse_model_ref(f"{HEART}/1"), parse_registry_uri(source.uri),
@@ -275,6 +273,7 @@ def test_concurrent_promotions_end_with_one_version(
         thread.join(timeout=240)
 
     assert all(not isinstance(o, Exception) for o in outcomes), outcomes
+    assert gate.arrived == 2 and not gate.timed_out, gate
     (version,) = versions(azureml_box, unique_model_name)
     assert {o.target["version"] for o in outcomes} == {version["name"]}
     assert sorted(o.status for o in outcomes) == ["copied", "unchanged"]
@@ -313,34 +312,6 @@ def start_pending_upload(box: BoxWorkspaces, name: str, version: str) -> str:
                              headers={"Authorization": f"Bearer {arm_token()}"}, timeout=30)
     assert response.status_code == 200, response.text
     return str(response.json()["blobReferenceForConsumption"]["credential"]["sasUri"])
-
-
-def when_registering(box: BoxWorkspaces, name: str, action: Callable[[], None]) \
-        -> tuple[threading.Thread, list[BaseException]]:
-    """Run `action` (what another client does) as soon as a run has listed the versions right
-    before its PUT: the first listing of `name` after its startPendingUpload."""
-    errors: list[BaseException] = []
-
-    def watch() -> None:
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                calls = box.box.requests_for("arm")
-                uploads = [r for r in calls if r.path.endswith("/startPendingUpload")
-                           and f"/models/{name}/" in r.path]
-                if uploads and any(r.method == "GET" and r.started > uploads[0].started
-                                   and r.path.endswith(f"/models/{name}/versions")
-                                   for r in calls):
-                    action()
-                    return
-                time.sleep(0.01)
-            raise AssertionError("the run never listed the versions before registering")
-        except BaseException as exc:  # reported by the test
-            errors.append(exc)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread, errors
 
 
 def test_the_pending_upload_cannot_be_listed_and_a_lost_staged_file_is_caught(
@@ -402,15 +373,12 @@ def test_a_lost_version_number_is_registered_from_a_pending_upload_of_the_next(
     other = {"MLmodel": b"flavors: {}\n", "weights.bin": b"another model"}
     # Another client registers version 1 while this run's PUT of version 1 is on its way.
     box.inject_fault(route="arm", method="PUT", path=rf"/models/{unique_model_name}/versions/1$",
-                     delay=1.5, times=1)
-    thread, errors = when_registering(
-        azureml_box, unique_model_name,
-        lambda: box.add_registry_version(registry, unique_model_name, "1", other))
+                     times=1,
+                     before=lambda: box.add_registry_version(registry, unique_model_name, "1",
+                                                             other))
 
     run = copy(source, f"{HEART}/1", unique_model_name)
-    thread.join(timeout=60)
 
-    assert not errors, errors
     assert run.code == 0, run.both
     assert run.document["status"] == "copied" and run.document["target"]["version"] == "2"
     first, second = versions(azureml_box, unique_model_name)
@@ -464,14 +432,10 @@ def test_a_duplicate_is_deleted_to_the_end_of_its_operation_and_a_failed_delete_
         box.set_registry_version_archived(registry, unique_model_name, "1")
         box.clear_requests()
         box.inject_fault(route="arm", method="PUT",
-                         path=rf"/models/{unique_model_name}/versions/2$", delay=1.0, times=1)
-        thread, errors = when_registering(
-            azureml_box, unique_model_name,
-            lambda: box.set_registry_version_archived(registry, unique_model_name, "1", False))
-        run = copy(source, f"{HEART}/1", unique_model_name)
-        thread.join(timeout=60)
-        assert not errors, errors
-        return run
+                         path=rf"/models/{unique_model_name}/versions/2$", times=1,
+                         before=lambda: box.set_registry_version_archived(
+                             registry, unique_model_name, "1", False))
+        return copy(source, f"{HEART}/1", unique_model_name)
 
     removed = run_while_restored()
 

@@ -332,6 +332,9 @@ class Fault:
     # Let this many matching requests through untouched before the fault applies.
     after: int = 0
     passed: int = 0
+    # What another client does while this request is on its way (run in the request's thread
+    # before it is served; see inject_fault's `before`).
+    before: Callable[[], None] | None = None
     # Hang up without answering (a connection dropped midway) instead of answering `status`.
     drop: bool = False
     # Blobs only: after a successful commit (Put Blob / Put Block List) flip the stored blob's
@@ -979,6 +982,7 @@ class AzureMLBox:
         after: int = 0,
         drop: bool = False,
         corrupt: int | None = None,
+        before: Callable[[], None] | None = None,
     ) -> Fault:
         """Answer matching requests with `status` (after `delay` seconds), or just slow them
         down (`status=None`), for the next `times` matches (None: until cleared).
@@ -989,6 +993,9 @@ class AzureMLBox:
         path: a regular expression searched in the request path (for blobs, the blob path);
         after: let the first `after` matching requests through before the fault applies;
         drop: hang up without an answer (for blobs, midway through the request body).
+        before: call this when a matching request has arrived and before it is served (not for
+            "blob"): what another client does while the request is on its way, with no timing
+            to guess. An exception in it is a box bug (500).
         429/503 get a `Retry-After` header when `retry_after` is given.
         corrupt (route "blob"): let a request that commits a blob's content (Put Blob, Put Block
             List) through; once Azurite has answered it with success, and before that answer
@@ -1003,6 +1010,8 @@ class AzureMLBox:
         """
         if corrupt is not None and route != "blob":
             raise ValueError("corrupt applies to blob storage (route='blob') only")
+        if before is not None and route == "blob":
+            raise ValueError("before applies to the box's own services, not blob storage")
         fault = Fault(
             status=status,
             retry_after=retry_after,
@@ -1014,6 +1023,7 @@ class AzureMLBox:
             after=after,
             drop=drop,
             corrupt=corrupt,
+            before=before,
         )
         with self._faults_lock:
             self._faults.append(fault)
@@ -1218,6 +1228,8 @@ class AzureMLBox:
         fault = self._take_fault(route, req.method, req.path)
         fault_text = "held" if held else None
         if fault is not None:
+            if fault.before is not None:
+                fault.before()
             if fault.delay:
                 time.sleep(fault.delay)
             if fault.drop:
