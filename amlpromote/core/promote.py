@@ -339,7 +339,8 @@ def _check_staged(target: PromotionTarget, staged: StagedUpload, manifest: Artif
     """Before registering: the staged listing must match what was written (paths and sizes);
     with --verify, every staged byte is read back and hashed."""
     reader = target.staged_source(staged)
-    listed = {f.path: f.size for f in reader.list_files()}
+    staged_files = reader.list_files()
+    listed = {f.path: f.size for f in staged_files}
     expected = {e.path: e.size for e in manifest.entries}
     if listed != expected:
         missing = sorted(set(expected) - set(listed))
@@ -350,8 +351,7 @@ def _check_staged(target: PromotionTarget, staged: StagedUpload, manifest: Artif
             hint="the target storage lost data; nothing was registered — run again")
     if request.verify:
         log("verifying: reading the staged files back")
-        check = hash_files(reader, [f for f in reader.list_files()], progress, request.workers,
-                           log)
+        check = hash_files(reader, staged_files, progress, request.workers, log)
         if check.digest != manifest.digest:
             raise OperationFailed(
                 f"verification failed: target digest {check.digest} != source {manifest.digest}",
