@@ -44,7 +44,8 @@ SourceOpt = Annotated[
     str | None,
     typer.Option("--source", "-s", envvar="AMLPROMOTE_SOURCE",
                  help="Source registry URI: file:///path/mlruns, sqlite:///path/mlflow.db, "
-                      "http(s)://host, databricks://PROFILE, databricks-uc://PROFILE."),
+                      "http(s)://host, databricks://PROFILE, databricks-uc://PROFILE, or an "
+                      "Azure ML workspace's azureml://... MLflow tracking URI."),
 ]
 TargetOpt = Annotated[
     str | None,
