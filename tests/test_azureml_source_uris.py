@@ -4,7 +4,7 @@ Runs inside Azure ML jobs report `azureml://experiments/NAME/runs/R/artifacts`, 
 version can name its files as a path in the workspace artifact store
 (`azureml://[subscriptions/S/resourcegroups/RG/workspaces/W/]datastores/workspaceartifactstore/
 paths/ExperimentRun/dcid.R/...`). The box reports each form (`artifact_uri_form`, see
-ARTIFACT_URI_FORMS in azureml_box/server.py); the source model is logged with the real
+ARTIFACT_URI_FORMS in azureml_box/model.py); the source model is logged with the real
 azureml-mlflow plugin against the short form, promoted into a local sqlite registry through the
 CLI and compared file by file. A table runs accepted and refused URIs through `artifact_folder`.
 """
@@ -29,9 +29,9 @@ from azureml_box.testing import (
 from support.cli import cli
 from support.models import sha256_tree, stored_folder
 
-from amlpromote.core.azure import AzureMlConnection, AzureMlScope, make_credential
-from amlpromote.core.azure_blob import artifact_folder
+from amlpromote.core.azure.connection import AzureMlConnection, AzureMlScope, make_credential
 from amlpromote.core.errors import EXIT_FAILED, EXIT_USAGE, AmlPromoteError
+from amlpromote.core.storage.azure_blob import artifact_folder
 
 pytest_plugins = ["azureml_box.fixtures"]
 pytestmark = pytest.mark.timeout(300)

@@ -35,7 +35,7 @@ from support.mlflow_server import MlflowServer
 from support.models import register_heart_model, register_raw_model, stored_folder
 
 from amlpromote import __version__
-from amlpromote.core import inventory
+from amlpromote.core.promote import inventory
 from amlpromote.core.uris import parse_registry_uri
 
 pytest_plugins = ["azureml_box.fixtures"]

@@ -37,8 +37,8 @@ from support.cli import Run, cli, run_cli_reporting_imports
 from support.models import register_heart_model, register_raw_model, sha256_tree, stored_folder
 from support.staging import start_cli
 
-from amlpromote.core import lineage
-from amlpromote.core.lineage import AZURE_ML_TAG_LIMITS
+from amlpromote.core.registries import lineage
+from amlpromote.core.registries.lineage import AZURE_ML_TAG_LIMITS
 
 pytest_plugins = ["azureml_box.fixtures"]
 pytestmark = pytest.mark.timeout(300)
@@ -416,7 +416,7 @@ def test_each_registry_signs_in_with_its_own_credential_and_leaves_nothing_behin
     from azureml.mlflow._internal.service_context_loader import _AzureMLServiceContextLoader
 
     from amlpromote.core.errors import AuthFailed
-    from amlpromote.core.registry import MlflowRegistry
+    from amlpromote.core.registries.registry import MlflowRegistry
     from amlpromote.core.uris import RegistryUri
 
     cache = _AzureMLServiceContextLoader._tracking_uri_to_service_context
@@ -467,7 +467,7 @@ def test_a_token_is_reused_until_shortly_before_it_expires() -> None:
 
     from azure.core.credentials import AccessToken
 
-    from amlpromote.core.azure import AzureMlConnection, AzureMlScope, NamedCredential
+    from amlpromote.core.azure.connection import AzureMlConnection, AzureMlScope, NamedCredential
 
     class CountingCredential:
         def __init__(self, lifetime: float) -> None:
@@ -492,7 +492,7 @@ def test_a_token_is_reused_until_shortly_before_it_expires() -> None:
 
 
 def test_device_code_needs_a_terminal_and_unknown_kinds_are_refused() -> None:
-    from amlpromote.core.azure import make_credential
+    from amlpromote.core.azure.connection import make_credential
     from amlpromote.core.errors import BadInput
 
     with pytest.raises(BadInput, match="interactive terminal") as no_tty:
@@ -562,7 +562,7 @@ def test_source_tags_at_azure_ml_limits_are_carried_and_those_over_them_named(
     azureml_box: BoxWorkspaces, box_env: dict[str, str], ws_uri: str, unique_model_name: str,
     tmp_path: Path,
 ) -> None:
-    # The box refuses what Azure ML's published limits refuse (tests/azureml_box/server.py
+    # The box refuses what Azure ML's published limits refuse (tests/azureml_box/limits.py
     # RUN_TAG_LIMITS): a product limit set too high fails the write, one set too low drops a
     # tag that is exactly at a limit.
     key_at_limit, key_over = "k" * 100, "k" * 101

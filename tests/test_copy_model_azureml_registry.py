@@ -31,7 +31,7 @@ from azureml_box.testing import (
 from support.cli import Run, cli
 from support.models import register_heart_model, register_raw_model, sha256_tree, stored_folder
 
-from amlpromote.core import lineage
+from amlpromote.core.registries import lineage
 
 pytest_plugins = ["azureml_box.fixtures"]
 pytestmark = pytest.mark.timeout(300)
@@ -245,7 +245,7 @@ def test_concurrent_promotions_end_with_one_version(
     azureml_box: BoxWorkspaces, box_env: dict[str, str], source: Source,
     unique_model_name: str,
 ) -> None:
-    from amlpromote.core.promote import PromoteRequest, promote_version
+    from amlpromote.core.promote.promote import PromoteRequest, promote_version
     from amlpromote.core.refs import parse_model_ref
     from amlpromote.core.uris import parse_registry_uri
 

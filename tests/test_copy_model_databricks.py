@@ -42,16 +42,16 @@ from support.models import (
     sha256_tree,
 )
 
-from amlpromote.core.databricks import (
+from amlpromote.core.errors import BadInput, NotFound
+from amlpromote.core.names import default_target_name, is_valid_target_name, target_model_name
+from amlpromote.core.refs import parse_model_ref
+from amlpromote.core.registries.databricks import (
     DEFAULT_RETRY_TIMEOUT_SECONDS,
     RETRY_TIMEOUT_ENV,
     DatabricksRegistry,
     configure_databricks_environment,
 )
-from amlpromote.core.errors import BadInput, NotFound
-from amlpromote.core.names import default_target_name, is_valid_target_name, target_model_name
-from amlpromote.core.refs import parse_model_ref
-from amlpromote.core.registry import MlflowRegistry
+from amlpromote.core.registries.registry import MlflowRegistry
 from amlpromote.core.uris import parse_registry_uri
 
 if TYPE_CHECKING:
@@ -804,8 +804,8 @@ def test_unity_catalog_search_results_without_tags_or_aliases_are_read() -> None
     from mlflow.entities.model_registry.registered_model_alias import RegisteredModelAlias
     from mlflow.entities.model_registry.registered_model_search import RegisteredModelSearch
 
-    from amlpromote.core.inventory import _aliases_of
-    from amlpromote.core.registry import VersionInfo
+    from amlpromote.core.promote.inventory import _aliases_of
+    from amlpromote.core.registries.registry import VersionInfo
 
     searched = ModelVersionSearch(
         name="main.fraud.scorer", version="3", creation_timestamp=1, source="models:/m-1",
@@ -973,7 +973,7 @@ def test_the_rest_route_knows_every_databricks_sdk_variable() -> None:
     may ignore, or one (by its prefix) that sends the registry to the MlflowClient route."""
     from databricks.sdk.config import Config
 
-    from amlpromote.core import databricks as module
+    from amlpromote.core.registries import databricks as module
 
     envs = {attr.name: attr.env for attr in Config.attributes() if attr.env}
     assert all(env.startswith(module._SDK_ENV_PREFIXES) for env in envs.values()), envs

@@ -38,8 +38,8 @@ from support.flaky_proxy import FlakyProxy
 from support.mlflow_server import MlflowServer
 from support.models import register_heart_model, register_raw_model
 
-from amlpromote.core.artifacts import LocalSink, safe_relative_path
 from amlpromote.core.errors import BadInput
+from amlpromote.core.storage.artifacts import LocalSink, safe_relative_path
 
 SECRET = "s3cr3t-token"
 # The same secret as it travels in an HTTP Basic header; it must not leak in that form either.

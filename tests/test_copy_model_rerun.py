@@ -20,9 +20,9 @@ from support.flaky_proxy import FlakyProxy
 from support.mlflow_server import MlflowServer
 from support.models import register_raw_model, stored_folder
 
-from amlpromote.core.artifacts import ArtifactFile
-from amlpromote.core.lineage import listing_digest
 from amlpromote.core.names import alias_problem, target_name_problem
+from amlpromote.core.registries.lineage import listing_digest
+from amlpromote.core.storage.artifacts import ArtifactFile
 
 MLMODEL = b"artifact_path: model\nflavors:\n  python_function:\n    loader_module: none\n"
 WEIGHTS = bytes(range(256)) * 64  # 16 KiB

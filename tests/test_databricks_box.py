@@ -495,7 +495,7 @@ def test_a_bad_token_is_a_403_invalid_access_token(
     """Contract: a workspace refuses a wrong token with 403 and a numeric error_code (the box
     follows databricks/databricks-sdk-go#873); mlflow, through databricks-sdk, reads that as
     PERMISSION_DENIED, so only the words "Invalid access token" tell it from a token without
-    permission (amlpromote.core.databricks._TOKEN_REFUSAL_WORDS)."""
+    permission (amlpromote.core.registries.databricks._TOKEN_REFUSAL_WORDS)."""
     from mlflow.exceptions import MlflowException
 
     bad = "dapi" + "0" * 32

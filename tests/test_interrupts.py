@@ -42,8 +42,8 @@ EXIT_BUDGET = 10.0
 def test_the_interrupt_budget_fits_two_seconds() -> None:
     """What an interrupted run may spend, by construction: the workers' stop grace, then the
     cleanup of its staging and the check whether it registered, each capped."""
-    from amlpromote.core.promote import INTERRUPT_CLEANUP_SECONDS
-    from amlpromote.core.transfer import STOP_GRACE
+    from amlpromote.core.promote.promote import INTERRUPT_CLEANUP_SECONDS
+    from amlpromote.core.storage.transfer import STOP_GRACE
 
     assert 0 < STOP_GRACE + INTERRUPT_CLEANUP_SECONDS <= 2.0
 

@@ -27,8 +27,9 @@ from support.mlflow_server import MlflowServer
 from support.models import register_heart_model
 
 from amlpromote.core.errors import NotFound, Unreachable
-from amlpromote.core.mlflow_rest import MlflowRestClient, RestError
-from amlpromote.core.registry import MlflowRegistry, VersionInfo, translate_mlflow_error
+from amlpromote.core.registries.mlflow_env import translate_mlflow_error
+from amlpromote.core.registries.mlflow_rest import MlflowRestClient, RestError
+from amlpromote.core.registries.registry import MlflowRegistry, VersionInfo
 from amlpromote.core.uris import parse_registry_uri
 
 # An opaque token: no redaction pattern matches it, so it must simply never be printed.

@@ -15,7 +15,7 @@ from support.cli import cli
 from support.models import register_raw_model
 from support.staging import start_cli, wait_until
 
-from amlpromote.core.stores import CURRENT, inspect_sqlite
+from amlpromote.core.registries.stores import CURRENT, inspect_sqlite
 
 
 @pytest.mark.timeout(180)

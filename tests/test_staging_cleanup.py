@@ -35,7 +35,7 @@ from support.staging import (
     wait_until,
 )
 
-from amlpromote.core import staging
+from amlpromote.core.registries import staging
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def test_a_live_runs_staging_is_not_removed_by_a_concurrent_run(
     assert mine.model_id not in {m.model_id for m in logged_models(target)}
 
 
-# -- the rule itself (core/staging.py), on real processes --------------------------------------
+# -- the rule itself (core/registries/staging.py), on real processes -------------------------
 
 
 def test_an_owner_is_gone_only_when_provably_so() -> None:
@@ -281,8 +281,8 @@ def target_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, P
 def test_a_staging_container_is_tagged_renewed_and_removed(
     target_store: tuple[str, Path],
 ) -> None:
-    from amlpromote.core.lineage import KEY
-    from amlpromote.core.target import make_target
+    from amlpromote.core.registries.lineage import KEY
+    from amlpromote.core.registries.mlflow_target import make_target
     from amlpromote.core.uris import parse_registry_uri
 
     uri, root = target_store

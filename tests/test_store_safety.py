@@ -33,7 +33,7 @@ import pytest
 from support import free_port
 from support.cli import Run, cli
 
-from amlpromote.core.stores import (
+from amlpromote.core.registries.stores import (
     CURRENT,
     FOREIGN,
     INVALID,
@@ -684,7 +684,7 @@ def test_a_write_through_a_source_fails_loudly(tmp_path: Path, pg_env: Postgres)
     """Sources at this MLflow's schema are opened read-only: should MLflow ever write while
     reading them, the write fails instead of changing the registry."""
     from amlpromote.core.errors import AmlPromoteError
-    from amlpromote.core.registry import MlflowRegistry
+    from amlpromote.core.registries.registry import MlflowRegistry
     from amlpromote.core.uris import parse_registry_uri
 
     store = old_store(tmp_path, "2.16", "file")

@@ -12,7 +12,7 @@ alteration.py and the box's "corrupt" blob fault say how, each without a race):
 - the same copy without the alteration succeeds, verified, byte-exact (so each test can fail
   both ways);
 - without --verify the alteration is not noticed: the staged listing is compared by path and
-  size only (`_check_staged` in core/promote.py), the altered byte keeps the size, and the
+  size only (`_check_staged` in core/promote/promote.py), the altered byte keeps the size, and the
   version is registered with it. A later `--verify` re-run then finds the version's digest
   differs from the source's and fails. That is what --verify buys.
 """
@@ -140,8 +140,8 @@ def _workspace(box: BoxWorkspaces, env: dict[str, str], source: Source) -> Targe
         experiment = client.get_experiment_by_name("amlpromote")
         runs = client.search_runs([experiment.experiment_id],
                                   f"attributes.run_name = 'amlpromote-{name}-v1'")
-        # Azure ML cannot delete a run's files (core/target.py `_remove`): the staging run is
-        # marked FAILED, so no later run or reader takes it for a live one.
+        # Azure ML cannot delete a run's files (core/registries/mlflow_target.py `_remove`): the
+        # staging run is marked FAILED, so no later run or reader takes it for a live one.
         assert [r.info.status for r in runs] == ["FAILED"]
         return "a FAILED staging run"
 
@@ -213,7 +213,7 @@ def _mlflow_server(server: MlflowServer, proxy_factory: Callable[..., FlakyProxy
 def _sqlite(stores: FreshStores, source: Source, scratch: Path) -> Target:
     uri = stores["sqlite"]
     db = Path(uri.removeprefix("sqlite:///"))
-    # A sqlite target without a server keeps artifacts beside the database (target.py).
+    # A sqlite target without a server keeps artifacts beside the database (mlflow_target.py).
     root = db.parent / f"{db.stem}-artifacts"
     markers: list[Path] = []
 

@@ -186,7 +186,7 @@ def _set(out: Any, name: str, updates: dict[str, str], quiet_result: bool) -> No
 def _check(out: Any, name: str, explicit: bool, options: dict[str, str]) -> int:
     import os
 
-    from amlpromote.core.check import check_source, check_target
+    from amlpromote.core.promote.check import check_source, check_target
     from amlpromote.core.settings import resolve_target
 
     if not explicit and os.environ.get("AMLPROMOTE_PROFILE"):

@@ -22,7 +22,7 @@ from amlpromote.cli.options import (
 from amlpromote.cli.output import Output, human_bytes
 
 if TYPE_CHECKING:
-    from amlpromote.core.promote import PromoteResult
+    from amlpromote.core.promote.promote import PromoteResult
 
 HELP = """Copy one model version to the target registry, byte for byte, verified and re-runnable.
 
@@ -135,7 +135,11 @@ def _promote(out: Output, ref: str, source: str | None, targets: dict[str, str |
              parallel: int | None, upgrade_target_schema: bool = False) -> PromoteResult:
     from amlpromote.core import config as cfg
     from amlpromote.core.errors import BadInput
-    from amlpromote.core.promote import PromoteRequest, check_promotion_inputs, promote_version
+    from amlpromote.core.promote.promote import (
+        PromoteRequest,
+        check_promotion_inputs,
+        promote_version,
+    )
     from amlpromote.core.refs import parse_model_ref
     from amlpromote.core.settings import resolve_target
     from amlpromote.core.uris import parse_registry_uri

@@ -2,7 +2,7 @@
 
 SIGINT raises KeyboardInterrupt in the main thread, as Python does; SIGTERM (what CI runners,
 `timeout` and supervisors send) raises `Terminated`, a KeyboardInterrupt, so the same cleanup
-runs for both (core/promote.py removes the staging and tells what was registered; core/
+runs for both (core/promote/promote.py removes the staging and tells what was registered; core/
 transfer.py stops its workers). The CLI reports the `Interrupted` error through its one error
 path and ends the process with `exit_now`, without waiting for worker threads stuck in I/O.
 

@@ -24,7 +24,7 @@ from amlpromote.core.settings import target_options
 
 if TYPE_CHECKING:
     from amlpromote.cli.output import Output
-    from amlpromote.core.inventory import ModelDetail, ModelListing, VersionDetail
+    from amlpromote.core.promote.inventory import ModelDetail, ModelListing, VersionDetail
     from amlpromote.core.uris import RegistryUri
 
 HELP = """See what a registry holds: its models, their versions, and where promoted ones came from.
@@ -128,7 +128,7 @@ def list_models(
         target, workspace, resource_group, subscription, registry, credential))
 
     def action() -> ModelListing:
-        from amlpromote.core.inventory import list_models as listing
+        from amlpromote.core.promote.inventory import list_models as listing
 
         chosen = options.side()
         return listing(options.registry_uri(out, chosen), chosen, limit)
@@ -166,8 +166,8 @@ def show_models(
         target, workspace, resource_group, subscription, registry, credential))
 
     def action() -> ModelDetail | VersionDetail:
-        from amlpromote.core import inventory
         from amlpromote.core.errors import BadInput
+        from amlpromote.core.promote import inventory
         from amlpromote.core.refs import parse_model_ref
 
         model_ref = parse_model_ref(ref)
@@ -183,7 +183,7 @@ def show_models(
         return inventory.show_version(uri, chosen, model_ref, files, again)
 
     result = run(out, action)
-    from amlpromote.core.inventory import ModelDetail
+    from amlpromote.core.promote.inventory import ModelDetail
 
     if isinstance(result, ModelDetail):
         detail = result

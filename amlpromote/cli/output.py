@@ -67,10 +67,11 @@ def configure_logging(verbose: bool) -> None:
             logger.addFilter(_RedactingFilter())
     root.setLevel(level)
     # azure-identity logs every credential of a failed chain as a multi-line WARNING; the
-    # AuthFailed error already says it in one line (core/azure.py).
+    # AuthFailed error already says it in one line (core/azure/connection.py).
     logging.getLogger("azure.identity").setLevel(logging.INFO if verbose else logging.ERROR)
     # MLflow's sqlalchemy stores log each database error at ERROR, with its traceback, before
-    # raising it; the one `error:` line says it (core/registry.py translate_mlflow_error).
+    # raising it; the one `error:` line says it (core/registries/mlflow_env.py
+    # translate_mlflow_error).
     logging.getLogger("mlflow.store.db").setLevel(logging.INFO if verbose else logging.CRITICAL)
     if not verbose:
         warnings.filterwarnings("ignore")

@@ -90,8 +90,8 @@ class Interrupted(AmlPromoteError):
 class UnusableRegistry(AmlPromoteError):
     """The URI names something that must not be used as this registry: not an MLflow store
     (another application's database, a plain web server), or one MLflow would have to change
-    (core/stores.py). Not a BadInput on purpose: callers that read BadInput from a registry
-    call as "no such model" must not swallow it."""
+    (core/registries/stores.py). Not a BadInput on purpose: callers that read BadInput from a
+    registry call as "no such model" must not swallow it."""
 
     exit_code = EXIT_USAGE
     kind = "bad-input"

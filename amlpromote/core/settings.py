@@ -64,7 +64,7 @@ class TargetChoice:
 
 
 def discover_tracking_uri(choice: TargetChoice) -> str:
-    from amlpromote.core import azure
+    from amlpromote.core.azure import connection as azure
 
     credential = azure.make_credential(choice.credential)
     if choice.kind == "workspace":

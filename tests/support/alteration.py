@@ -15,7 +15,7 @@ alteration is made at a point the product has provably reached, and before it ca
   file was written and closed (`_check_staged`), and reads the files back only after that
   listing, so the byte changes between the write and the read-back, whatever the timing. No
   code of ours or of MLflow is replaced: the hook only observes the runtime's audit events.
-- Azure blob storage: the box's "corrupt" blob fault (tests/azureml_box/server.py).
+- Azure blob storage: the box's "corrupt" blob fault (tests/azureml_box/blobs.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ azure-ai-ml makes for `MLClient(registry_name=...).models.create_or_update`) is 
    compares the digest). An archived one does not count: its owner retired it.
 2. `POST .../versions/V/startPendingUpload` hands out a SAS URL of a temporary blob container,
    for version V only; the files go into one folder of it through the parallel block uploader
-   (core/azure_blob.py), hashed in the same pass. That SAS is for uploading: it is not known
+   (core/storage/azure_blob.py), hashed in the same pass. That SAS is for uploading: it is not known
    to allow listing, so the staged files are checked blob by blob (Get Blob Properties of each
    file the upload wrote: present, and of the size written), never listed.
 3. `PUT .../versions/V` with `modelType: mlflow_model`, `modelUri` = that folder, the description
@@ -48,16 +48,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from amlpromote.core import lineage
-from amlpromote.core.artifacts import ArtifactFile, Chunks, safe_relative_path
-from amlpromote.core.azure import AzureMlConnection, AzureMlScope, make_credential
-from amlpromote.core.azure_blob import (
-    ArtifactService,
-    BlockUploader,
-    ContainerFolder,
-    ContainerSink,
-    ContainerSource,
-)
+from amlpromote.core.azure.connection import AzureMlConnection, AzureMlScope, make_credential
 from amlpromote.core.errors import (
     AmlPromoteError,
     BadInput,
@@ -65,15 +56,24 @@ from amlpromote.core.errors import (
     OperationFailed,
     Unreachable,
 )
-from amlpromote.core.lineage import AZURE_ML_TAG_LIMITS, TagLimits
-from amlpromote.core.registry import VersionInfo
+from amlpromote.core.registries import lineage
+from amlpromote.core.registries.lineage import AZURE_ML_TAG_LIMITS, TagLimits
+from amlpromote.core.registries.registry import VersionInfo
+from amlpromote.core.registries.target import AZURE_ML_MAX_FILES, StagedUpload
 from amlpromote.core.retry import (
     RETRYABLE_STATUS,
     TransientError,
     call_with_retry,
     parse_retry_after,
 )
-from amlpromote.core.target import AZURE_ML_MAX_FILES, StagedUpload
+from amlpromote.core.storage.artifacts import ArtifactFile, Chunks, safe_relative_path
+from amlpromote.core.storage.azure_blob import (
+    ArtifactService,
+    BlockUploader,
+    ContainerFolder,
+    ContainerSink,
+    ContainerSource,
+)
 from amlpromote.core.uris import RegistryUri, redact_text
 
 # The API version azure-ai-ml 1.35's management client sends for these operations.
@@ -148,7 +148,7 @@ class _StagedFiles:
     def list_files(self) -> list[ArtifactFile]:
         from concurrent.futures import ThreadPoolExecutor
 
-        from amlpromote.core.transfer import default_workers
+        from amlpromote.core.storage.transfer import default_workers
 
         def head(rel: str) -> ArtifactFile | None:
             try:
@@ -292,7 +292,7 @@ class AzureMlRegistryTarget:
             raise self._failure(response, what)
         return _version_info(name, response.json())
 
-    # -- listing (`amlpromote models`, core/inventory.py) ---------------------------------------
+    # -- listing (`amlpromote models`, core/promote/inventory.py) -----------------------------
 
     def model_names(self, limit: int | None = None) -> tuple[list[str], bool]:
         """The registry's model names (RegistryModelContainers, every page, at most `limit`)
@@ -379,7 +379,7 @@ class AzureMlRegistryTarget:
         """Move the staged files into a pending upload of version `number` (each pending
         upload is for one version). They are read back from where they were staged and written
         again, hashed on the way: the new folder must hold the same digest."""
-        from amlpromote.core.transfer import copy_files
+        from amlpromote.core.storage.transfer import copy_files
 
         old = _sink_of(staged)
         reader = _StagedFiles(self.service, old)
@@ -620,7 +620,7 @@ class AzureMlRegistryTarget:
     def _failure(self, response: Any, what: str, *, registry: bool = False) -> AmlPromoteError:
         """An ARM error answer as our error (401/403 -> exit 4, 404 -> 3), naming who tried.
         `registry`: the answer is about the registry itself (a 404 means it does not exist)."""
-        from amlpromote.core.azure import _http_failure
+        from amlpromote.core.azure.connection import _http_failure
 
         credential = self.connection.credential
         try:

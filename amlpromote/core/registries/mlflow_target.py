@@ -5,8 +5,9 @@ target (status PENDING), stream the files into its artifact location, mark it RE
 register `models:/<model_id>`. A reader never sees a version whose files are incomplete. A run
 that fails, is interrupted or loses a race removes what it staged (`abort`); what a killed run
 left (a PENDING logged model, which no registry lists as a version) is removed by the next run
-of the same promotion (`sweep`, core/staging.py says when a container is provably abandoned).
-Registries without LoggedModel support (MLflow 2 servers) get the same shape through a run.
+of the same promotion (`sweep`, core/registries/staging.py says when a container is provably
+abandoned). Registries without LoggedModel support (MLflow 2 servers) get the same shape
+through a run.
 
 An Azure ML workspace stages through a run by design: it answers 404 on every LoggedModel
 endpoint, and registering the run's artifact folder (which holds MLmodel) is what makes Azure ML
@@ -19,31 +20,16 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from amlpromote.core import lineage, staging
-from amlpromote.core.artifacts import ArtifactSink, ArtifactSource
 from amlpromote.core.errors import AmlPromoteError, BadInput, NotFound, OperationFailed
-from amlpromote.core.lineage import AZURE_ML_TAG_LIMITS, NO_LIMITS, TagLimits
-from amlpromote.core.registry import EXPERIMENT_NAME, MlflowRegistry, VersionInfo
+from amlpromote.core.registries import lineage, staging
+from amlpromote.core.registries.lineage import AZURE_ML_TAG_LIMITS, NO_LIMITS, TagLimits
+from amlpromote.core.registries.registry import EXPERIMENT_NAME, MlflowRegistry, VersionInfo
+from amlpromote.core.registries.target import AZURE_ML_MAX_FILES, PromotionTarget, StagedUpload
+from amlpromote.core.storage.artifacts import ArtifactSink, ArtifactSource
 from amlpromote.core.uris import RegistryUri, local_path
-
-
-@dataclass
-class StagedUpload:
-    """Files being written for a version that is not registered yet."""
-
-    sink: ArtifactSink
-    artifact_uri: str
-    source: str  # what create_model_version gets
-    model_id: str | None = None
-    run_id: str | None = None
-
-
-# Azure ML's service limits: "Number of artifacts per model version: 1,500 artifacts (files)".
-AZURE_ML_MAX_FILES = 1500
 
 
 def sqlite_artifact_root(uri: RegistryUri) -> Path:
@@ -52,64 +38,18 @@ def sqlite_artifact_root(uri: RegistryUri) -> Path:
     return db.parent / f"{db.stem}-artifacts"
 
 
-class PromotionTarget(Protocol):
-    """What promote.py needs of a target: MlflowTarget, or an Azure ML registry
-    (core/azure_registry.py), which has no MLflow registry to write through."""
-
-    supports_aliases: bool
-
-    @property
-    def display(self) -> str: ...
-
-    @property
-    def tag_limits(self) -> TagLimits: ...
-
-    def check_files(self, count: int) -> None: ...
-
-    def inspect(self) -> bool: ...
-
-    def prepare(self) -> None: ...
-
-    def find_promoted(self, name: str, tags: dict[str, str]) -> list[VersionInfo]: ...
-
-    def begin(self, label: str, tags: dict[str, str], name: str | None = None) \
-        -> StagedUpload: ...
-
-    def staged_source(self, staged: StagedUpload) -> ArtifactSource: ...
-
-    def version_source(self, version: VersionInfo) -> ArtifactSource: ...
-
-    def abort(self, staged: StagedUpload) -> str | None: ...
-
-    def renew(self, staged: StagedUpload, tags: dict[str, str]) -> None: ...
-
-    def sweep(self, staged: StagedUpload | None, key: str) -> list[str]: ...
-
-    def ensure_model(self, name: str, description: str | None, tags: dict[str, str]) -> None: ...
-
-    def register(self, staged: StagedUpload, name: str, description: str,
-                 tags: dict[str, str], force: bool = False) -> VersionInfo: ...
-
-    def registered_from(self, staged: StagedUpload, name: str) -> VersionInfo | None: ...
-
-    def delete_version(self, name: str, version: str) -> None: ...
-
-    def set_alias(self, name: str, alias: str, version: str) -> None: ...
-
-    def version_aliases(self, name: str, version: str) -> list[str]: ...
-
-
 def make_target(uri: RegistryUri, *, dry_run: bool = False, upgrade_schema: bool = False,
                 log: Callable[[str], None] | None = None) -> PromotionTarget:
     """The target for a registry URI: an Azure ML registry gets its own (no MLflow writes).
 
     `dry_run`: the registry is opened so that nothing in it can change; `upgrade_schema`: the
-    user allows MLflow to upgrade a registry written by an older MLflow (core/stores.py)."""
+    user allows MLflow to upgrade a registry written by an older MLflow
+    (core/registries/stores.py)."""
     if uri.scheme == "azureml":
-        from amlpromote.core.azure import AzureMlScope
+        from amlpromote.core.azure.connection import AzureMlScope
 
         if AzureMlScope.parse(uri.uri).is_registry:
-            from amlpromote.core.azure_registry import AzureMlRegistryTarget
+            from amlpromote.core.registries.azureml_registry import AzureMlRegistryTarget
 
             return AzureMlRegistryTarget(uri)
     return MlflowTarget(MlflowRegistry(uri, role="target", read_only=dry_run,
@@ -152,7 +92,8 @@ class MlflowTarget:
 
     def prepare(self) -> None:
         """Check early that the target can be written (folders exist and are writable) and is
-        an MLflow registry it may write into (core/stores.py), before anything is created."""
+        an MLflow registry it may write into (core/registries/stores.py), before anything is
+        created."""
         uri = self.registry.uri
         if uri.scheme == "sqlite":
             db = local_path(uri)
@@ -195,9 +136,9 @@ class MlflowTarget:
         database's folder, so the later run waits and finds the schema complete.
         """
         with _folder_lock(db.parent):
-            # Inspected under the lock (core/stores.py refuses another application's database,
-            # a folder named x.db, an old schema): a run that is creating the schema is never
-            # seen half-way, and of two runs creating it only the first says so.
+            # Inspected under the lock (core/registries/stores.py refuses another application's
+            # database, a folder named x.db, an old schema): a run that is creating the schema is
+            # never seen half-way, and of two runs creating it only the first says so.
             self.registry.store  # noqa: B018
             if self.registry.created_registry and not (db.is_file() and db.stat().st_size):
                 self.registry.call("creating the target registry", _create_sqlite_schema, db)
@@ -249,8 +190,8 @@ class MlflowTarget:
 
     def begin(self, label: str, tags: dict[str, str], name: str | None = None) -> StagedUpload:
         """Create the container the files go into (a LoggedModel, else a run), tagged with its
-        owner and heartbeat (core/staging.py) so a later run can tell a leftover from a live
-        run's staging."""
+        owner and heartbeat (core/registries/staging.py) so a later run can tell a leftover from a
+        live run's staging."""
         client = self.registry.client
         experiment_id = self._experiment_id()
         tags = {**tags, **staging.owner_tags(), **({staging.NAME: name} if name else {})}
@@ -348,7 +289,8 @@ class MlflowTarget:
 
     def sweep(self, staged: StagedUpload | None, key: str) -> list[str]:
         """Remove what earlier runs of the same promotion (same source key) staged and left:
-        containers whose owner is provably gone (core/staging.py) and that no version of the
+        containers whose owner is provably gone (core/registries/staging.py) and that no version of
+        the
         model they were staged for uses. Returns what was removed; never the run's own
         container (`staged`; None for a run that stages nothing, which then looks for both
         kinds) or a live run's, never a registered version's files."""

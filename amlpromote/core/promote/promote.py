@@ -15,14 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amlpromote import __version__
-from amlpromote.core import lineage
-from amlpromote.core.artifacts import ArtifactFile
-from amlpromote.core.databricks import check_source_ref
 from amlpromote.core.errors import AmlPromoteError, BadInput, OperationFailed
 from amlpromote.core.refs import ModelRef
-from amlpromote.core.registry import MlflowRegistry, VersionInfo
-from amlpromote.core.target import PromotionTarget, StagedUpload, make_target
-from amlpromote.core.transfer import ArtifactManifest, TransferProgress, copy_files, hash_files
+from amlpromote.core.registries import lineage
+from amlpromote.core.registries.databricks import check_source_ref
+from amlpromote.core.registries.mlflow_target import make_target
+from amlpromote.core.registries.registry import MlflowRegistry, VersionInfo
+from amlpromote.core.registries.target import PromotionTarget, StagedUpload
+from amlpromote.core.storage.artifacts import ArtifactFile
+from amlpromote.core.storage.transfer import (
+    ArtifactManifest,
+    TransferProgress,
+    copy_files,
+    hash_files,
+)
 from amlpromote.core.uris import RegistryUri
 
 Log = Callable[[str], None]
@@ -108,7 +114,7 @@ def promote_version(request: PromoteRequest, progress: TransferProgress | None =
                     log: Log = _quiet) -> PromoteResult:
     """Copy one model version from the source registry to the target registry."""
     started = time.monotonic()
-    # A source is read-only; a dry run opens the target read-only too (core/stores.py).
+    # A source is read-only; a dry run opens the target read-only too (core/registries/stores.py).
     source = MlflowRegistry(request.source, log=log)
     target = make_target(request.target, dry_run=request.dry_run,
                          upgrade_schema=request.upgrade_target_schema, log=log)
@@ -386,7 +392,7 @@ class _Staging:
 
     def __init__(self, target: PromotionTarget, staged: StagedUpload, name: str,
                  log: Log) -> None:
-        from amlpromote.core.staging import Heartbeat
+        from amlpromote.core.registries.staging import Heartbeat
 
         self.target = target
         self.staged = staged

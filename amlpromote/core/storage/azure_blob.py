@@ -14,8 +14,8 @@ LocalUpload folders under `/artifact/v2.0/<workspace scope>/artifacts/<origin>/<
 on the host of the workspace's MLflow URI, with the workspace credential's bearer token.
 
 An Azure ML registry has no artifact service: it hands out a SAS URL of a whole blob container
-(`ContainerFolder`), which is listed with List Blobs and written blob by blob (core/
-azure_registry.py). Both kinds of target upload through the same `BlockUploader`.
+(`ContainerFolder`), which is listed with List Blobs and written blob by blob
+(core/registries/azureml_registry.py). Both kinds of target upload through the same `BlockUploader`.
 
 Uploads stream from the source into fixed-size blocks: each file larger than one block goes up
 as Put Block requests, several at once, each retried on its own (honouring Retry-After on
@@ -38,14 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from amlpromote.core.artifacts import (
-    ArtifactFile,
-    Chunks,
-    StreamingBody,
-    response_chunks,
-    safe_relative_path,
-)
-from amlpromote.core.azure import AzureMlConnection, AzureMlScope, connection_of
+from amlpromote.core.azure.connection import AzureMlConnection, AzureMlScope, connection_of
 from amlpromote.core.errors import (
     AuthFailed,
     BadInput,
@@ -59,6 +52,13 @@ from amlpromote.core.retry import (
     TransientError,
     call_with_retry,
     parse_retry_after,
+)
+from amlpromote.core.storage.artifacts import (
+    ArtifactFile,
+    Chunks,
+    StreamingBody,
+    response_chunks,
+    safe_relative_path,
 )
 from amlpromote.core.uris import redact_text
 
@@ -284,8 +284,8 @@ class ArtifactService:
         """One request; raises TransientError for what is worth another attempt.
 
         `checked=False` hands back any HTTP answer for the caller to judge (Azure Resource
-        Manager's error documents are mapped in core/azure_registry.py); transport failures are
-        still TransientError."""
+        Manager's error documents are mapped in core/registries/azureml_registry.py); transport
+        failures are still TransientError."""
         import requests
 
         headers = dict(kwargs.pop("headers", None) or {})
@@ -675,7 +675,8 @@ class ContainerFolder:
 
     container_url: str  # https://ACCOUNT.blob.../CONTAINER, no query
     # The SAS query string, without "?"; a secret. "" where the container is readable
-    # without one (a registry's `NoCredentials` data reference, core/azure_registry.py).
+    # without one (a registry's `NoCredentials` data reference,
+    # core/registries/azureml_registry.py).
     sas: str = field(repr=False)
     prefix: str = ""  # the folder inside the container ("" for the whole container)
 

@@ -15,9 +15,9 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
-from amlpromote.core.artifacts import ArtifactFile, ArtifactSink, ArtifactSource
 from amlpromote.core.errors import Unreachable
 from amlpromote.core.retry import RetryPolicy, TransientError, call_with_retry
+from amlpromote.core.storage.artifacts import ArtifactFile, ArtifactSink, ArtifactSource
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def check_target(choice: TargetChoice) -> SideCheck:
 
 def _list_models(result: SideCheck, uri: RegistryUri, must_exist: bool,
                  started: float | None = None) -> SideCheck:
-    from amlpromote.core.registry import MlflowRegistry
+    from amlpromote.core.registries.registry import MlflowRegistry
 
     started = time.monotonic() if started is None else started
     notes: list[str] = []

@@ -7,8 +7,8 @@ ML registry, which has no MLflow registry API, through Azure Resource Manager
 (`AzureMlRegistryTarget`).
 
 The provenance of a version is read back from the `amlpromote.*` tags copy-model wrote on it
-(core/lineage.py): the source it was copied from, the digest, when and by which tool version, and
-the chain of earlier hops when that source was itself promoted.
+(core/registries/lineage.py): the source it was copied from, the digest, when and by which tool
+version, and the chain of earlier hops when that source was itself promoted.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from amlpromote.core import lineage
 from amlpromote.core.errors import BadInput, NotFound
 from amlpromote.core.refs import ModelRef
-from amlpromote.core.registry import MlflowRegistry, VersionInfo, entity_field
+from amlpromote.core.registries import lineage
+from amlpromote.core.registries.registry import MlflowRegistry, VersionInfo, entity_field
 from amlpromote.core.uris import RegistryUri, local_path, redact_text
 
 # Registered models asked for per page (MLflow's own default page size).
@@ -188,7 +188,7 @@ class MlflowReader:
 
     def __init__(self, uri: RegistryUri, side: str) -> None:
         # Read-only on either side: a local or database store is opened so that nothing in it
-        # can change (core/stores.py).
+        # can change (core/registries/stores.py).
         self.registry = MlflowRegistry(uri, role=side, read_only=True)
         self.uri = uri
         self.display = self.registry.display
@@ -232,7 +232,7 @@ class MlflowReader:
         return full
 
     def resolve(self, ref: ModelRef) -> VersionInfo:
-        from amlpromote.core.databricks import check_source_ref
+        from amlpromote.core.registries.databricks import check_source_ref
 
         check_source_ref(self.uri, ref)
         version = self.registry.resolve(ref)
@@ -243,7 +243,7 @@ class MlflowReader:
             if self.uri.scheme in _SEARCH_MAY_OMIT_TAGS and not version.tags else version
 
     def files(self, version: VersionInfo) -> list[FileEntry]:
-        from amlpromote.core.promote import MLFLOW_LOAD_METADATA
+        from amlpromote.core.promote.promote import MLFLOW_LOAD_METADATA
 
         reader = self.registry.artifact_source(self.registry.artifact_uri(version))
         # What copy-model would copy: MLflow's load metadata file is not part of the model.
@@ -258,7 +258,7 @@ class AzureMlRegistryReader:
     has_aliases = False
 
     def __init__(self, uri: RegistryUri) -> None:
-        from amlpromote.core.azure_registry import AzureMlRegistryTarget
+        from amlpromote.core.registries.azureml_registry import AzureMlRegistryTarget
 
         self.target = AzureMlRegistryTarget(uri)
         self.display = self.target.display
@@ -311,7 +311,7 @@ def open_reader(uri: RegistryUri, side: str) -> RegistryReader:
                            f"{path}",
                            hint="check the path" + later)
     if uri.scheme == "azureml":
-        from amlpromote.core.azure import AzureMlScope
+        from amlpromote.core.azure.connection import AzureMlScope
 
         if AzureMlScope.parse(uri.uri).is_registry:
             return AzureMlRegistryReader(uri)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from amlpromote.core.artifacts import ArtifactFile
+from amlpromote.core.storage.artifacts import ArtifactFile
 
 PREFIX = "amlpromote."
 KEY = PREFIX + "source.key"

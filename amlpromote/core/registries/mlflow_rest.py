@@ -3,9 +3,10 @@
 `import mlflow` alone costs about 2 s, more than the rest of a 1 GiB server-to-server copy's fixed
 cost; the copy itself needs a dozen small REST calls. `MlflowRestClient` makes those calls with
 `requests` and never imports mlflow. Its methods mirror the part of `mlflow.MlflowClient` that
-`registry.py` and `target.py` call (same names, arguments, and attributes on what they return),
-and its failures carry what `translate_mlflow_error` reads from an `MlflowException` (message,
-error code, HTTP status), so users see the same messages and exit codes with either client.
+`registry.py` and `mlflow_target.py` call (same names, arguments, and attributes on what they
+return), and its failures carry what `translate_mlflow_error` reads from an `MlflowException`
+(message, error code, HTTP status), so users see the same messages and exit codes with either
+client.
 
 It follows MLflow's own rules (mlflow.utils.rest_utils): credentials and TLS as in
 `HttpEndpoint`, GET parameters in the query string and other bodies as JSON, tags as lists of
@@ -27,9 +28,9 @@ from typing import Any
 from urllib.parse import quote
 
 from amlpromote import __version__
-from amlpromote.core.artifacts import HttpEndpoint, HttpSession
 from amlpromote.core.errors import BadInput
 from amlpromote.core.retry import parse_retry_after
+from amlpromote.core.storage.artifacts import HttpEndpoint, HttpSession
 
 API = "/api/2.0/mlflow"
 _log = logging.getLogger(__name__)
@@ -556,7 +557,8 @@ class MlflowRestClient:
                          {"model_id": model_id, "status": _LOGGED_MODEL_STATUS[name]})
         return LoggedModel.from_json(doc.get("model") or {})
 
-    # -- staging containers: heartbeat, search and removal (core/target.py, README "Leftovers")
+    # -- staging containers: heartbeat, search and removal (core/registries/mlflow_target.py,
+    # README "Leftovers")
 
     def set_logged_model_tags(self, model_id: str, tags: dict[str, Any]) -> None:
         self._call("PATCH", f"{API}/logged-models/{quote(model_id, safe='')}/tags",

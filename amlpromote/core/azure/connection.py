@@ -3,11 +3,12 @@
 The user names how to sign in (`--credential default|cli|managed-identity|environment|
 device-code`); every Azure call of one registry then uses that one credential: Azure Resource
 Manager (azure-ai-ml's `MLClient`, which turns a workspace's coordinates into its MLflow tracking
-URI), the Azure ML MLflow REST API and the artifact services (core/azure_blob.py).
+URI), the Azure ML MLflow REST API and the artifact services (core/storage/azure_blob.py).
 
 Azure ML's MLflow API (workspaces and registries alike) is MLflow's REST API under
-`/mlflow/v2.0/<resource id>`, taking a bearer token for Resource Manager's scope. `rest_client`
-calls it through `MlflowRestClient` with the chosen credential's token. Going through
+`/mlflow/v2.0/<resource id>`, taking a bearer token for Resource Manager's scope.
+`rest_client` (core/registries/azureml_workspace.py) calls it through `MlflowRestClient` with
+the chosen credential's token; `AzureMlConnection` here supplies that token. Going through
 azureml-mlflow instead would cost an mlflow import (~2.5 s, ~200 MB) and would sign in with that
 library's own chain, which ends in an interactive browser and a device-code prompt that a CI job
 must never meet.
@@ -38,7 +39,7 @@ from amlpromote.core.errors import (
     OperationFailed,
     Unreachable,
 )
-from amlpromote.core.uris import RegistryUri, redact_text
+from amlpromote.core.uris import redact_text
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, TokenCredential
@@ -485,35 +486,9 @@ class AzureMlConnection:
         return "Bearer " + token.token
 
 
-def rest_client(uri: RegistryUri) -> Any:
-    """An `MlflowRestClient` for an Azure ML workspace or registry, signed in with
-    `uri.credential` (the base URL and token scope are those of azureml-mlflow's stores, see its
-    `AzureMLRestStore.get_host_credentials`)."""
-    scope = AzureMlScope.parse(uri.uri)
-    connection = AzureMlConnection(scope, make_credential(getattr(uri, "credential", None)))
-    return _rest_client_class()(connection)
-
-
-@functools.cache
-def _rest_client_class() -> type:
-    # Built on first use: azure.py is imported by commands that never reach a registry.
-    from amlpromote.core.mlflow_rest import MlflowRestClient
-
-    class AzureMlRestClient(MlflowRestClient):
-        """An MlflowRestClient on a workspace's or registry's MLflow API, with `connection`'s
-        token."""
-
-        def __init__(self, connection: AzureMlConnection) -> None:
-            scope = connection.scope
-            super().__init__(f"{scope.host_url}/mlflow/v2.0{scope.arm_id}",
-                             auth_header=connection.authorization)
-            self.connection = connection
-
-    return AzureMlRestClient
-
-
 def connection_of(client: Any) -> AzureMlConnection:
-    """The connection behind a client made by `rest_client`."""
+    """The connection behind a client made by `rest_client`
+    (core/registries/azureml_workspace.py)."""
     connection = getattr(client, "connection", None)
     if not isinstance(connection, AzureMlConnection):
         raise TypeError("not an Azure ML MLflow client")

@@ -15,7 +15,7 @@ A live owner on this host keeps its staging however old its heartbeat (it may be
 is not gone).
 
 A container without these tags (staged by an older amlpromote) is never removed. Nothing here
-talks to a registry: core/target.py reads and writes the tags.
+talks to a registry: core/registries/mlflow_target.py reads and writes the tags.
 """
 
 from __future__ import annotations

@@ -43,14 +43,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from amlpromote.core.artifacts import (
-    ArtifactFile,
-    ArtifactSource,
-    Chunks,
-    RepositorySource,
-    response_chunks,
-    safe_relative_path,
-)
 from amlpromote.core.errors import (
     AmlPromoteError,
     AuthFailed,
@@ -59,8 +51,8 @@ from amlpromote.core.errors import (
     OperationFailed,
     Unreachable,
 )
-from amlpromote.core.mlflow_rest import MlflowRestClient, RestError
 from amlpromote.core.refs import ModelRef
+from amlpromote.core.registries.mlflow_rest import MlflowRestClient, RestError
 from amlpromote.core.retry import (
     RETRYABLE_STATUS,
     RetryPolicy,
@@ -68,7 +60,15 @@ from amlpromote.core.retry import (
     call_with_retry,
     parse_retry_after,
 )
-from amlpromote.core.transfer import default_workers
+from amlpromote.core.storage.artifacts import (
+    ArtifactFile,
+    ArtifactSource,
+    Chunks,
+    RepositorySource,
+    response_chunks,
+    safe_relative_path,
+)
+from amlpromote.core.storage.transfer import default_workers
 from amlpromote.core.uris import RegistryUri, redact_text
 
 SCHEMES = ("databricks", "databricks-uc")
@@ -465,7 +465,7 @@ class DatabricksRegistry:
         `contain=False` only translates errors, for calls that read no environment (see
         `WorkspaceVersionSource._api`).
         """
-        from amlpromote.core.registry import mlflow_globals, translate_mlflow_error
+        from amlpromote.core.registries.mlflow_env import mlflow_globals, translate_mlflow_error
 
         try:
             if contain:
@@ -677,7 +677,7 @@ class WorkspaceVersionSource:
             if exc.get_http_status_code() == 404:
                 detail = (redact_text(exc.message).strip().splitlines() or ["HTTP 404"])[0]
                 raise NotFound(f"{what}: {detail[:300]}", hint=self._not_found_hint()) from exc
-            from amlpromote.core.registry import translate_mlflow_error
+            from amlpromote.core.registries.mlflow_env import translate_mlflow_error
 
             raise translate_mlflow_error(exc, what, self.registry.uri) from exc
 
