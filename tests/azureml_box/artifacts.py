@@ -66,8 +66,9 @@ class ArtifactService(BlobStorage):
             "tags": {},
         }
 
-    def _handle_artifact(self, req: _Request, m: re.Match[str] | None) -> _Response:
-        assert m is not None
+    def _artifact_workspace(self, req: _Request, m: re.Match[str]) -> AzureMLResource | _Response:
+        """The workspace both artifact services' paths name, if the caller may use it (a
+        write needs runs/write) and the box has blob storage; else the error answer."""
         action = "experiments/runs/write" if req.method != "GET" else "experiments/runs/read"
         found = self._authorize(req, "artifact", "workspaces", m["sub"], m["rg"], m["name"],
                                 action)
@@ -75,6 +76,13 @@ class ArtifactService(BlobStorage):
             return found
         if self.azurite is None:
             return self._aml_error(503, "ServiceUnavailable", "No blob storage in this box.")
+        return found
+
+    def _handle_artifact(self, req: _Request, m: re.Match[str] | None) -> _Response:
+        assert m is not None
+        found = self._artifact_workspace(req, m)
+        if isinstance(found, _Response):
+            return found
         parts = [unquote(p) for p in m["rest"].split("/")]
         if len(parts) < 2 or not all(parts[:2]):
             return self._aml_error(404, "NotFound", f"{req.method} {req.path} is not emulated.")
@@ -107,13 +115,9 @@ class ArtifactService(BlobStorage):
 
     def _handle_run_artifact(self, req: _Request, m: re.Match[str] | None) -> _Response:
         assert m is not None
-        action = "experiments/runs/write" if req.method != "GET" else "experiments/runs/read"
-        found = self._authorize(req, "artifact", "workspaces", m["sub"], m["rg"], m["name"],
-                                action)
+        found = self._artifact_workspace(req, m)
         if isinstance(found, _Response):
             return found
-        if self.azurite is None:
-            return self._aml_error(503, "ServiceUnavailable", "No blob storage in this box.")
         run_id = unquote(m["run"])
         # Strict where the service is silent: the run must exist in the experiment the path
         # names (RunArtifactsOperations has both routes: experiments/{experimentName} and

@@ -290,16 +290,20 @@ class HttpSession:
         return response
 
 
+def response_detail(response: Any) -> str:
+    """The start of an error answer's body, secrets redacted, on one line ("" if unreadable)."""
+    try:
+        return redact_text(response.text[:300]).strip().replace("\n", " ")
+    except Exception:
+        return ""
+
+
 def check_response(response: Any, what: str) -> None:
     """Raise the matching error for a failed HTTP response; transient ones can be retried."""
     status = response.status_code
     if status < 400:
         return
-    detail = ""
-    try:
-        detail = redact_text(response.text[:300]).strip().replace("\n", " ")
-    except Exception:
-        detail = ""
+    detail = response_detail(response)
     response.close()
     if status in RETRYABLE_STATUS:
         raise TransientError(f"{what}: HTTP {status}",

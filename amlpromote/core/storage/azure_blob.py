@@ -14,8 +14,9 @@ LocalUpload folders under `/artifact/v2.0/<workspace scope>/artifacts/<origin>/<
 on the host of the workspace's MLflow URI, with the workspace credential's bearer token.
 
 An Azure ML registry has no artifact service: it hands out a SAS URL of a whole blob container
-(`ContainerFolder`), which is listed with List Blobs and written blob by blob
-(core/registries/azureml_registry.py). Both kinds of target upload through the same `BlockUploader`.
+(`ContainerFolder`), written blob by blob and read with List Blobs where its SAS allows
+(core/registries/azureml_registry.py checks a pending upload blob by blob instead). Both kinds
+of target upload through the same `BlockUploader`.
 
 Uploads stream from the source into fixed-size blocks: each file larger than one block goes up
 as Put Block requests, several at once, each retried on its own (honouring Retry-After on
@@ -58,6 +59,7 @@ from amlpromote.core.storage.artifacts import (
     Chunks,
     StreamingBody,
     response_chunks,
+    response_detail,
     safe_relative_path,
 )
 from amlpromote.core.uris import redact_text
@@ -336,11 +338,7 @@ class ArtifactService:
         if status < 400:
             return
         code = response.headers.get("x-ms-error-code", "")
-        detail = ""
-        try:
-            detail = redact_text(response.text[:300]).strip().replace("\n", " ")
-        except Exception:
-            detail = ""
+        detail = response_detail(response)
         response.close()
         if status in RETRYABLE_STATUS:
             raise TransientError(f"{what}: HTTP {status} {code}".strip(),
