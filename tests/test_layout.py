@@ -15,15 +15,18 @@ from pathlib import Path
 import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "amlpromote" / "core"
-PACKAGES = ("registries", "storage", "azure", "promote")
+PACKAGES = ("registries", "storage", "azure", "promote", "deploy")
 # What each part of core/ never imports, as its docstring says (core/__init__.py for the
 # shared ground at the top, and for core/ as a whole).
 NEVER = {
     "registries": ("amlpromote.core.promote",),
     "storage": ("amlpromote.core.registries", "amlpromote.core.promote"),
-    "azure": ("amlpromote.core.registries", "amlpromote.core.storage", "amlpromote.core.promote"),
-    "promote": (),
-    "": ("amlpromote.core.registries", "amlpromote.core.storage", "amlpromote.core.promote"),
+    "azure": ("amlpromote.core.registries", "amlpromote.core.storage", "amlpromote.core.promote",
+              "amlpromote.core.deploy"),
+    "promote": ("amlpromote.core.deploy",),
+    "deploy": ("amlpromote.core.promote",),
+    "": ("amlpromote.core.registries", "amlpromote.core.storage", "amlpromote.core.promote",
+         "amlpromote.core.deploy"),
 }
 NEVER_ANYWHERE = ("typer", "rich", "amlpromote.cli")
 
@@ -98,3 +101,29 @@ def test_no_import_cycles_in_core() -> None:
     for name in graph:
         if name not in state:
             visit(name, [])
+
+
+CLI = CORE.parent / "cli"
+
+
+def test_command_modules_never_import_the_app() -> None:
+    """cli/app.py imports every command module to register it; a command module that imported
+    app.py back would close a cycle (they share cli/runner.py instead)."""
+    for path in sorted(CLI.glob("*.py")):
+        if path.name in ("app.py", "__init__.py"):
+            continue
+        found = imports_of(path)
+        assert "amlpromote.cli.app" not in found, f"cli/{path.name} imports cli/app.py"
+
+
+def test_the_local_endpoint_server_stays_small() -> None:
+    """The local endpoint server is its own long-lived process: it imports nothing of ours but
+    its own package and the scoring contract, so it never reaches a registry or a credential."""
+    server = CORE / "deploy" / "local" / "server.py"
+    if not server.exists():
+        pytest.skip("no local endpoint server yet")
+    allowed = ("amlpromote.core.deploy.local", "amlpromote.core.deploy.scoring",
+               "amlpromote.core.errors")
+    for imported in imports_of(server):
+        if within(imported, "amlpromote"):
+            assert any(within(imported, a) for a in allowed), f"server.py imports {imported}"

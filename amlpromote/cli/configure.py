@@ -91,7 +91,7 @@ def configure(
     quiet: QuietOpt = None,
     verbose: VerboseOpt = None,
 ) -> None:
-    from amlpromote.cli.app import make_output, run
+    from amlpromote.cli.runner import make_output, run
 
     out = make_output(ctx, output, quiet, verbose)
     words = list(words or [])

@@ -88,7 +88,7 @@ def copy_model(
     quiet: QuietOpt = None,
     verbose: VerboseOpt = None,
 ) -> None:
-    from amlpromote.cli.app import make_output, run
+    from amlpromote.cli.runner import make_output, run
 
     out = make_output(ctx, output, quiet, verbose)
     from amlpromote.core.settings import target_options

@@ -121,7 +121,7 @@ def list_models(
     quiet: QuietOpt = None,
     verbose: VerboseOpt = None,
 ) -> None:
-    from amlpromote.cli.app import make_output, run
+    from amlpromote.cli.runner import make_output, run
 
     out = make_output(ctx, output, quiet, verbose)
     options = _Options(ctx, side, source, profile, target_options(
@@ -159,7 +159,7 @@ def show_models(
     quiet: QuietOpt = None,
     verbose: VerboseOpt = None,
 ) -> None:
-    from amlpromote.cli.app import make_output, run
+    from amlpromote.cli.runner import make_output, run
 
     out = make_output(ctx, output, quiet, verbose)
     options = _Options(ctx, side, source, profile, target_options(

@@ -7,10 +7,11 @@ names (target model names), retry. The features sit in packages over it:
 - `registries/`: one module per registry kind, behind the source and target interfaces;
 - `storage/`: bytes — listing, streamed copies, digests, blob uploads;
 - `azure/`: credentials, Resource Manager calls, discovery, shared by every Azure feature;
-- `promote/`: copy-model, and the read-only commands over what it wrote (models, --check).
+- `promote/`: copy-model, and the read-only commands over what it wrote (models, --check);
+- `deploy/`: online endpoints (Azure ML managed, local): preflight, rollout, smoke test.
 
 Nothing in core/ imports typer, rich or amlpromote.cli. The shared-ground modules never import
-registries/, storage/ or promote/ (settings reaches azure/ for discovery only). Heavy libraries
+registries/, storage/, promote/ or deploy/ (settings reaches azure/ for discovery only). Heavy libraries
 (mlflow, azure) are imported inside the functions that need them so that the CLI starts fast.
 tests/test_layout.py checks these rules.
 """

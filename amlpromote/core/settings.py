@@ -64,9 +64,10 @@ class TargetChoice:
 
 
 def discover_tracking_uri(choice: TargetChoice) -> str:
-    from amlpromote.core.azure import connection as azure
+    from amlpromote.core.azure import discovery as azure
+    from amlpromote.core.azure.credentials import make_credential
 
-    credential = azure.make_credential(choice.credential)
+    credential = make_credential(choice.credential)
     if choice.kind == "workspace":
         assert choice.subscription and choice.resource_group and choice.workspace
         return azure.workspace_tracking_uri(choice.subscription, choice.resource_group,

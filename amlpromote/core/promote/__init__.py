@@ -6,7 +6,8 @@
 - check.py: `configure --check`, which exercises exactly what copy-model needs of a source (read)
   and a target (write).
 
-Never imports cli/, typer or rich (it returns results; cli/ renders them). May import
+Never imports cli/, typer or rich (it returns results; cli/ renders them), and never
+imports deploy/. May import
 registries/, storage/, azure/ and the shared ground; nothing else in core/ imports promote/
 (only the command modules in cli/ do).
 """

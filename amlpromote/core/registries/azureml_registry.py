@@ -620,11 +620,11 @@ class AzureMlRegistryTarget:
     def _failure(self, response: Any, what: str, *, registry: bool = False) -> AmlPromoteError:
         """An ARM error answer as our error (401/403 -> exit 4, 404 -> 3), naming who tried.
         `registry`: the answer is about the registry itself (a 404 means it does not exist)."""
-        from amlpromote.core.azure.connection import _http_failure
+        from amlpromote.core.azure.arm import http_failure
 
         credential = self.connection.credential
         try:
-            failure = _http_failure(_ArmAnswer(response), credential.description,
+            failure = http_failure(_ArmAnswer(response), credential.description,
                                     credential.kind, self.scope.display,
                                     {"subscription": self.scope.subscription,
                                      "resource_group": self.scope.resource_group})
