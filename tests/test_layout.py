@@ -24,7 +24,7 @@ NEVER = {
     "azure": ("amlpromote.core.registries", "amlpromote.core.storage", "amlpromote.core.promote",
               "amlpromote.core.deploy"),
     "promote": ("amlpromote.core.deploy",),
-    "deploy": ("amlpromote.core.promote",),
+    "deploy": ("amlpromote.core.promote.promote", "amlpromote.core.promote.check"),
     "": ("amlpromote.core.registries", "amlpromote.core.storage", "amlpromote.core.promote",
          "amlpromote.core.deploy"),
 }

@@ -67,11 +67,13 @@ def root(
 
 
 def _register() -> None:
-    from amlpromote.cli import configure, copy_model, models
+    from amlpromote.cli import configure, copy_model, deploy, endpoints, models
 
     configure.register(app)
     copy_model.register(app)
     models.register(app)
+    deploy.register(app)
+    endpoints.register(app)
 
 
 _register()

@@ -118,6 +118,26 @@ class Output:
         else:
             human()
 
+    def states(self) -> Callable[[str, str, float], None]:
+        """Progress of a long operation, (what, state, seconds): a live line on a terminal, a
+        line per state change in a CI log, nothing in quiet or JSON mode."""
+        if self.quiet or self.json:
+            return lambda what, state, elapsed: None
+        last: dict[str, str] = {}
+        interactive = sys.stderr.isatty()
+
+        def report(what: str, state: str, elapsed: float) -> None:
+            if interactive:
+                end = "\n" if state.lower() in ("succeeded", "failed", "canceled",
+                                                 "deleted") else ""
+                print(f"\r\x1b[2K{what}: {state} ({elapsed:.0f}s)", end=end,
+                      file=self._err(), flush=True)
+            elif last.get(what) != state:
+                print(f"{what}: {state} ({elapsed:.0f}s)", file=self._err(), flush=True)
+            last[what] = state
+
+        return report
+
     def console(self) -> Any:
         from rich.console import Console
 
@@ -128,10 +148,13 @@ class Output:
         if self.verbose:
             traceback.print_exception(error, file=self._err())
         print(f"error: {error.message}", file=self._err(), flush=True)
+        for line in getattr(error, "detail_lines", []):
+            print(f"  {redact_text(line)}", file=self._err(), flush=True)
         if error.hint and not self.quiet:
             print(f"hint: {error.hint}", file=self._err(), flush=True)
         if self.json:
-            self._failure_document(error.message, error.hint or "", error.exit_code, error.kind)
+            self._failure_document(error.message, error.hint or "", error.exit_code, error.kind,
+                                   getattr(error, "document", {}))
         return error.exit_code
 
     def crash(self, exc: BaseException) -> int:
@@ -147,12 +170,16 @@ class Output:
             self._failure_document(message, hint, EXIT_FAILED, "internal")
         return EXIT_FAILED
 
-    def _failure_document(self, message: str, hint: str, exit_code: int, kind: str) -> None:
+    def _failure_document(self, message: str, hint: str, exit_code: int, kind: str,
+                          extra: dict[str, Any] | None = None) -> None:
         # The one shape of every failure in JSON mode (README "JSON output"); the same message
-        # and hint go to stderr for a human reading the CI log.
-        print(json.dumps({"status": "failed", "error": redact_text(message),
-                          "hint": redact_text(hint), "exit_code": exit_code, "kind": kind},
-                         indent=2), flush=True)
+        # and hint go to stderr for a human reading the CI log. A failure with more to say (a
+        # rolled-back deploy) adds its own keys.
+        document: dict[str, Any] = {"status": "failed", "error": redact_text(message),
+                                    "hint": redact_text(hint), "exit_code": exit_code,
+                                    "kind": kind}
+        document.update(extra or {})
+        print(redact_text(json.dumps(document, indent=2)), flush=True)
 
     def progress(self) -> Any:
         """A transfer progress bar on an interactive stderr, otherwise None."""

@@ -11,7 +11,8 @@ names (target model names), retry. The features sit in packages over it:
 - `deploy/`: online endpoints (Azure ML managed, local): preflight, rollout, smoke test.
 
 Nothing in core/ imports typer, rich or amlpromote.cli. The shared-ground modules never import
-registries/, storage/, promote/ or deploy/ (settings reaches azure/ for discovery only). Heavy libraries
-(mlflow, azure) are imported inside the functions that need them so that the CLI starts fast.
+registries/, storage/, promote/ or deploy/ (settings reaches azure/ for discovery only). Heavy
+libraries (mlflow, azure) are imported inside the functions that need them so that the CLI
+starts fast.
 tests/test_layout.py checks these rules.
 """

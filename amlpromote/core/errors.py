@@ -24,6 +24,10 @@ class AmlPromoteError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # More to report than one line (a rolled-back deploy's log tail): lines printed under
+        # the error, and keys added to (or overriding) the JSON failure document.
+        self.detail_lines: list[str] = []
+        self.document: dict[str, object] = {}
 
     def __str__(self) -> str:
         return self.message

@@ -13,6 +13,7 @@ in a CI job's environment fails before anything is read or written, naming the v
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
@@ -216,6 +217,17 @@ def _check_output(name: str, raw: str) -> None:
     env_output_mode()
 
 
+# Azure ML's rule for online endpoint names (azure-ai-ml validates it before any request).
+ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
+
+
+def _check_endpoint(name: str, raw: str) -> None:
+    if not ENDPOINT_NAME.match(raw.strip()):
+        raise BadInput(f"{name}={raw!r} is not an endpoint name: 3-32 letters, digits or '-', "
+                       "starting with a letter and not ending with '-'",
+                       hint=f"fix or unset {name}")
+
+
 # Each variable amlpromote reads, with its check (a free-form value has none). A new variable
 # belongs here too, so that it is checked with the others when a command starts.
 ENVIRONMENT: dict[str, Callable[[str, str], None] | None] = {
@@ -233,6 +245,7 @@ ENVIRONMENT: dict[str, Callable[[str, str], None] | None] = {
     "AMLPROMOTE_VERIFY": _check_flag,
     "AMLPROMOTE_PARALLEL": _check_parallel,
     "AMLPROMOTE_RETRIES": _check_retries,
+    "AMLPROMOTE_ENDPOINT": _check_endpoint,
 }
 
 

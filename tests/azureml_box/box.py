@@ -4,7 +4,8 @@ Each service family is a layer of its own module, each layer a subclass of the o
 every layer may call what the layers under it offer (and mypy checks that it does):
 core.BoxCore (shared state) -> token.TokenService -> blobs.BlobStorage ->
 artifacts.ArtifactService -> registry.RegistryService -> arm.ArmService ->
-mlflow_api.MlflowService -> AzureMLBox, which adds the lifecycle (start/stop of the servers in
+mlflow_api.MlflowService -> endpoints.EndpointService -> frontdoor.ScoringFrontDoor -> AzureMLBox,
+which adds the lifecycle (start/stop of the servers in
 transport.py), the routing table and what an injected fault does to a request.
 """
 
@@ -18,13 +19,17 @@ from collections.abc import Callable
 
 from .azurite import DEFAULT_NODE_DIR, Azurite
 from .ca import TestCA
-from .mlflow_api import MlflowService
+from .frontdoor import ScoringFrontDoor
 from .model import (
     _ARM_DATA_REFERENCE,
     _ARM_LIST,
     _ARM_MODEL_CONTAINERS,
     _ARM_MODEL_VERSION,
     _ARM_MODEL_VERSIONS,
+    _ARM_ONLINE_DEPLOYMENT,
+    _ARM_ONLINE_DEPLOYMENTS,
+    _ARM_ONLINE_ENDPOINT,
+    _ARM_ONLINE_ENDPOINTS,
     _ARM_OPERATION,
     _ARM_PENDING_UPLOAD,
     _ARM_RESOURCE,
@@ -34,8 +39,10 @@ from .model import (
     _MLFLOW,
     _REGISTRY_DISCOVERY,
     AML_HOST_SUFFIX,
+    AZURE_REGIONS,
     BLOB_HOST_SUFFIX,
     DISCOVERY_PATH,
+    INFERENCE_HOST_SUFFIX,
     TOKEN_PATH,
     Fault,
     _Request,
@@ -44,9 +51,10 @@ from .model import (
 from .transport import _Handler, _ProxyHandler, _ProxyServer, _TLSServer
 
 
-class AzureMLBox(MlflowService):
+class AzureMLBox(ScoringFrontDoor):
     """Azure ML on loopback: token endpoint, ARM workspace routes, MLflow REST API, artifact
-    service, blob storage (Azurite) and a proxy that keeps every other name off the network.
+    service, blob storage (Azurite), managed online endpoints with their scoring front door, and
+    a proxy that keeps every other name off the network.
 
     Typical use (see tests/test_azureml_box.py)::
 
@@ -55,6 +63,10 @@ class AzureMLBox(MlflowService):
         env = box.env()                                    # for a client process / monkeypatch
         ...
         box.stop()
+
+    Online endpoints (endpoints.py, frontdoor.py; tests/test_azureml_box_endpoints.py) take
+    the options `AzureMLBox(root, provisioning_seconds=0.3, serve_deployments=True,
+    lro_retry_after=1, serving_timeout=180.0)`, also settable as attributes.
     """
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -64,9 +76,13 @@ class AzureMLBox(MlflowService):
             return self
         self.root.mkdir(parents=True, exist_ok=True)
         self.ca = TestCA(self.root / "ca")
+        # Scoring URIs are `{endpoint}.{region}.inference.ml.azure.com`: a wildcard covers one
+        # label, so the certificate names each region (frontdoor.py).
+        regions = dict.fromkeys((self.location, *AZURE_REGIONS))
         server_cert = self.ca.issue_server_cert(
             "azureml-box",
-            dns_names=("localhost", f"*{AML_HOST_SUFFIX}"),
+            dns_names=("localhost", f"*{AML_HOST_SUFFIX}",
+                       *(f"*.{region}{INFERENCE_HOST_SUFFIX}" for region in regions)),
             ip_addresses=("127.0.0.1",),
         )
         try:
@@ -100,6 +116,7 @@ class AzureMLBox(MlflowService):
         return self
 
     def stop(self) -> None:
+        self._stop_endpoints()
         for srv in (self._proxy, self._server):
             if srv is not None:
                 srv.shutdown()
@@ -132,7 +149,7 @@ class AzureMLBox(MlflowService):
             return None
         if host.endswith(BLOB_HOST_SUFFIX) and self.azurite is not None:
             return ("127.0.0.1", self.azurite.port)
-        if host.endswith(AML_HOST_SUFFIX):
+        if host.endswith(AML_HOST_SUFFIX) or host.endswith(INFERENCE_HOST_SUFFIX):
             return ("127.0.0.1", self.port)
         return None
 
@@ -141,6 +158,9 @@ class AzureMLBox(MlflowService):
     def _route(self, req: _Request) -> tuple[str, Callable[[_Request, re.Match[str] | None],
                                                        _Response], re.Match[str] | None]:
         path = req.path
+        if req.host.endswith(INFERENCE_HOST_SUFFIX):
+            # Scoring URIs share the box's TLS server; the Host tells them apart.
+            return "scoring", self._handle_scoring, None
         if path.rstrip("/").lower() == TOKEN_PATH:
             return "token", self._handle_token, None
         if path.rstrip("/").lower() == DISCOVERY_PATH:
@@ -157,6 +177,14 @@ class AzureMLBox(MlflowService):
             return "arm", self._handle_registry_pending_upload, m
         if m := _ARM_DATA_REFERENCE.match(path):
             return "arm", self._handle_registry_data_reference, m
+        if m := _ARM_ONLINE_DEPLOYMENT.match(path):
+            return "endpoints", self._handle_online_deployment, m
+        if m := _ARM_ONLINE_DEPLOYMENTS.match(path):
+            return "endpoints", self._handle_online_deployments, m
+        if m := _ARM_ONLINE_ENDPOINT.match(path):
+            return "endpoints", self._handle_online_endpoint, m
+        if m := _ARM_ONLINE_ENDPOINTS.match(path):
+            return "endpoints", self._handle_online_endpoints, m
         if m := _ARM_OPERATION.match(path):
             return "arm", self._handle_arm_operation, m
         if m := _ARM_MODEL_VERSIONS.match(path):
@@ -209,9 +237,11 @@ class AzureMLBox(MlflowService):
             # The App Service identity endpoint's own error shape.
             return _Response.json(fault.status, {"statusCode": fault.status, "message": message},
                                   headers)
-        if route == "arm":
+        if route in ("arm", "endpoints"):
             return _Response.json(fault.status, {"error": {"code": code, "message": message}},
                                   headers)
+        if route == "scoring":
+            return _Response.json(fault.status, {"message": message}, headers)
         return self._aml_error(fault.status, code, message, headers=headers)
 
     def _handle_unknown(self, req: _Request, _: re.Match[str] | None) -> _Response:

@@ -110,6 +110,38 @@ _BACKEND_EXPERIMENT = re.compile(r"^mlflow-artifacts:/(?P<exp>[^/]+)/?$")
 # - "datastore-short": the same as `azureml://datastores/workspaceartifactstore/paths/...`
 #   (azure-ai-ml SHORT_URI_FORMAT).
 ARTIFACT_URI_FORMS = ("long", "short", "datastore", "datastore-short")
+# Managed online endpoints and their deployments (azure-rest-api-specs machinelearningservices
+# OnlineEndpoints_* / OnlineDeployments_*; endpoints.py), with their POST actions.
+_ARM_ONLINE_ENDPOINTS = re.compile(rf"^{_SCOPE}/onlineEndpoints/?$", re.IGNORECASE)
+_ARM_ONLINE_ENDPOINT = re.compile(
+    rf"^{_SCOPE}/onlineEndpoints/(?P<endpoint>[^/]+)"
+    r"(?:/(?P<action>listKeys|regenerateKeys|token))?/?$",
+    re.IGNORECASE,
+)
+_ARM_ONLINE_DEPLOYMENTS = re.compile(
+    rf"^{_SCOPE}/onlineEndpoints/(?P<endpoint>[^/]+)/deployments/?$", re.IGNORECASE
+)
+_ARM_ONLINE_DEPLOYMENT = re.compile(
+    rf"^{_SCOPE}/onlineEndpoints/(?P<endpoint>[^/]+)/deployments/(?P<deployment>[^/]+)"
+    r"(?:/(?P<action>getLogs))?/?$",
+    re.IGNORECASE,
+)
+# Scoring URIs of managed online endpoints: `https://{endpoint}.{region}.inference.ml.azure.com/
+# score` (the `scoringUri` azure-ai-ml shows, e.g. Azure/azure-sdk-for-python#26295); the proxy
+# tunnels these names to the box, whose front door (frontdoor.py) routes them by Host.
+INFERENCE_HOST_SUFFIX = ".inference.ml.azure.com"
+# Azure public-cloud region names, for the `*.{region}.inference.ml.azure.com` names on the
+# box's certificate (a wildcard covers one label only, so each region needs its own).
+AZURE_REGIONS = (
+    "eastus", "eastus2", "westus", "westus2", "westus3", "centralus", "northcentralus",
+    "southcentralus", "westcentralus", "canadacentral", "canadaeast", "brazilsouth",
+    "northeurope", "westeurope", "uksouth", "ukwest", "francecentral", "germanywestcentral",
+    "norwayeast", "swedencentral", "switzerlandnorth", "polandcentral", "italynorth",
+    "spaincentral", "uaenorth", "qatarcentral", "israelcentral", "southafricanorth",
+    "centralindia", "southindia", "westindia", "japaneast", "japanwest", "koreacentral",
+    "koreasouth", "eastasia", "southeastasia", "australiaeast", "australiasoutheast",
+    "australiacentral",
+)
 _REGISTRY_DISCOVERY = re.compile(
     r"^/registrymanagement/v1\.0/registries/(?P<name>[^/]+)/discovery$", re.IGNORECASE
 )

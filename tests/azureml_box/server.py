@@ -5,6 +5,8 @@ this module re-exports the names others imported from here.
 """
 
 from .box import AzureMLBox
+from .endpoints import PROVISIONING_SECONDS, EndpointOperation, OnlineDeployment, OnlineEndpoint
+from .frontdoor import DEPLOYMENT_HEADER, MAX_SCORING_PAYLOAD
 from .limits import (
     EXPERIMENT_TAG_LIMITS,
     LIMITS_URL,
@@ -19,6 +21,7 @@ from .model import (
     ARTIFACT_URI_FORMS,
     BLOB_HOST_SUFFIX,
     DISCOVERY_PATH,
+    INFERENCE_HOST_SUFFIX,
     PROVIDER,
     TOKEN_PATH,
     AzureMLResource,
@@ -36,19 +39,26 @@ __all__ = [
     "ARTIFACT_DATASTORE",
     "ARTIFACT_URI_FORMS",
     "BLOB_HOST_SUFFIX",
+    "DEPLOYMENT_HEADER",
     "DISCOVERY_PATH",
     "EXPERIMENT_TAG_LIMITS",
+    "INFERENCE_HOST_SUFFIX",
     "LIMITS_URL",
+    "MAX_SCORING_PAYLOAD",
     "MODEL_TAG_LIMITS",
     "PROVIDER",
+    "PROVISIONING_SECONDS",
     "REGISTRY_LRO_SECONDS",
     "RUN_TAG_LIMITS",
     "TOKEN_PATH",
     "AzureMLBox",
     "AzureMLResource",
+    "EndpointOperation",
     "Fault",
     "Gate",
     "Identity",
+    "OnlineDeployment",
+    "OnlineEndpoint",
     "RequestRecord",
     "registry_tag_problem",
     "tag_limit_problem",

@@ -11,7 +11,8 @@
 - `local/`: local online endpoints: the loopback server (`server.py`, run as its own process),
   its on-disk state (`state.py`) and the platform that drives it (`platform.py`).
 
-Never imports promote/ (`deploy --promote` runs the copy-model step from the CLI first), never
+Never imports promote/ but its read side (`promote.inventory`: `deploy --promote` runs the
+copy-model step from the CLI first), never
 imports typer, rich or amlpromote.cli. Heavy libraries (mlflow, pandas, azure.ai.ml) are
 imported inside the functions that need them.
 """

@@ -65,6 +65,9 @@ class DeploymentInfo:
     state: str  # Succeeded | Creating | Updating | Failed | Deleting | ...
     instance_type: str | None = None
     instance_count: int | None = None
+    # What the platform noticed while creating it (a local endpoint: requirements.txt pins
+    # that differ from this environment).
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model_asset_id, "state": self.state,

@@ -21,6 +21,7 @@ from amlpromote.core.errors import BadInput, NotFound
 from amlpromote.core.refs import ModelRef
 from amlpromote.core.registries import lineage
 from amlpromote.core.registries.registry import MlflowRegistry, VersionInfo, entity_field
+from amlpromote.core.storage.artifacts import ArtifactSource
 from amlpromote.core.uris import RegistryUri, local_path, redact_text
 
 # Registered models asked for per page (MLflow's own default page size).
@@ -182,6 +183,10 @@ class RegistryReader(Protocol):
 
     def files(self, version: VersionInfo) -> list[FileEntry]: ...
 
+    def source(self, version: VersionInfo) -> ArtifactSource:
+        """The version's files, to read (deploy fetches them for a local endpoint)."""
+        ...
+
 
 class MlflowReader:
     """Any registry with MLflow's registry API, through `MlflowRegistry`."""
@@ -242,10 +247,13 @@ class MlflowReader:
         return self.registry.get_version(version.name, version.version) \
             if self.uri.scheme in _SEARCH_MAY_OMIT_TAGS and not version.tags else version
 
+    def source(self, version: VersionInfo) -> ArtifactSource:
+        return self.registry.artifact_source(self.registry.artifact_uri(version))
+
     def files(self, version: VersionInfo) -> list[FileEntry]:
         from amlpromote.core.promote.promote import MLFLOW_LOAD_METADATA
 
-        reader = self.registry.artifact_source(self.registry.artifact_uri(version))
+        reader = self.source(version)
         # What copy-model would copy: MLflow's load metadata file is not part of the model.
         return [FileEntry(f.path, f.size) for f in sorted(reader.list_files(),
                                                           key=lambda f: f.path)
@@ -292,8 +300,11 @@ class AzureMlRegistryReader:
             raise NotFound(f"model '{ref.name}' has no versions in {self.display}")
         return latest
 
+    def source(self, version: VersionInfo) -> ArtifactSource:
+        return self.target.version_source(version)
+
     def files(self, version: VersionInfo) -> list[FileEntry]:
-        reader = self.target.version_source(version)
+        reader = self.source(version)
         return [FileEntry(f.path, f.size) for f in sorted(reader.list_files(),
                                                           key=lambda f: f.path)]
 
