@@ -217,3 +217,41 @@ def test_endpoints_commands_show_shift_and_delete(azureml_box: BoxWorkspaces,
     assert endpoint_record(azureml_box) is None
     missing = cli("endpoints", "show", ENDPOINT, *COORDINATES)
     assert missing.code == 3, missing.both
+
+
+def test_sigterm_while_provisioning_leaves_traffic_as_it_was(
+        azureml_box: BoxWorkspaces, box_env: dict[str, str], names: dict[str, str],
+        tmp_path: Path) -> None:
+    import signal
+
+    from support.staging import wait_until
+
+    first = deploy(f"{names['heart']}/1")
+    assert first.code == 0, first.both
+    before = traffic_of(azureml_box)
+    box = azureml_box.box
+    box.provisioning_seconds = 8.0
+    try:
+        proc = start_cli("deploy", f"{names['heart']}/1", "--endpoint", ENDPOINT,
+                         "--deployment", "stopped", *COORDINATES, "-o", "json", cwd=tmp_path,
+                         env=box_env)
+
+        def provisioning() -> bool:
+            record = endpoint_record(azureml_box)
+            return record is not None and "stopped" in record.deployments
+
+        wait_until(proc, provisioning, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        box.provisioning_seconds = 0.3
+    assert proc.returncode == 143, stdout + stderr
+    document = json.loads(stdout)
+    assert document["status"] == "failed" and "SIGTERM" in document["error"]
+    assert "takes no traffic" in document["error"], document
+    assert "endpoints delete" in document["hint"]
+    assert box.wait_for_endpoint_operations(timeout=60)
+    assert traffic_of(azureml_box) == before
+    cleanup = cli("endpoints", "delete", ENDPOINT, "--deployment", "stopped", *COORDINATES)
+    assert cleanup.code == 0, cleanup.both
+    assert cli("endpoints", "delete", ENDPOINT, *COORDINATES).code == 0

@@ -202,6 +202,21 @@ def _unchanged(request: DeployRequest, endpoint: EndpointInfo) -> str | None:
 def deploy(platform: EndpointPlatform, request: DeployRequest,
            progress: Progress = no_progress, log: Callable[[str], None] = lambda _: None,
            preflight_warnings: list[str] | None = None) -> DeployResult:
+    """Run the rollout; a Ctrl-C or SIGTERM is reported as what it left behind."""
+    phase = ["nothing was changed"]
+    hint = [f"run the deploy again; amlpromote endpoints show {request.endpoint} shows the "
+            "endpoint"]
+    try:
+        return _deploy(platform, request, progress, log, preflight_warnings, phase, hint)
+    except KeyboardInterrupt as exc:
+        from amlpromote.core.errors import Interrupted, interrupt_signal
+
+        raise Interrupted(phase[0], hint=hint[0], signum=interrupt_signal(exc)) from None
+
+
+def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progress,
+            log: Callable[[str], None], preflight_warnings: list[str] | None,
+            phase: list[str], hint: list[str]) -> DeployResult:
     check_request(request)
     started = time.monotonic()
     deadline = started + request.timeout
@@ -244,6 +259,10 @@ def deploy(platform: EndpointPlatform, request: DeployRequest,
 
     created_endpoint = False
     if endpoint is None:
+        phase[0] = (f"endpoint {request.endpoint} was being created; it serves no model "
+                    "yet")
+        hint[0] = (f"run the deploy again, or remove it: amlpromote endpoints delete "
+                   f"{request.endpoint}")
         log(f"creating endpoint {request.endpoint}")
         endpoint = platform.create_endpoint(request.endpoint, request.auth_mode, progress,
                                             deadline)
@@ -293,6 +312,10 @@ def deploy(platform: EndpointPlatform, request: DeployRequest,
         except AmlPromoteError as exc:
             return f"(its logs could not be read: {exc.message})"
 
+    phase[0] = (f"deployment {name} was being created or smoke tested; it takes no traffic "
+                f"(traffic unchanged: {describe_traffic(before)})")
+    hint[0] = (f"run the deploy again (it replaces {name}), or remove it: amlpromote "
+               f"endpoints delete {request.endpoint} --deployment {name}")
     log(f"creating deployment {name} for {request.model.name}/{request.model.version}")
     try:
         created = platform.create_deployment(spec, progress, deadline)
@@ -303,11 +326,6 @@ def deploy(platform: EndpointPlatform, request: DeployRequest,
         raise roll_back(f"deployment {name} did not finish: {exc.message}", logs_of(),
                         "raise --timeout, or look at the logs with amlpromote endpoints "
                         "logs") from None
-    except EndpointBusy:
-        raise
-    except KeyboardInterrupt:
-        # Interrupted while provisioning: nothing takes traffic; leave the rest to the user.
-        raise
 
     smoke_rows = smoke_seconds = None
     if request.smoke is not None:
@@ -321,6 +339,9 @@ def deploy(platform: EndpointPlatform, request: DeployRequest,
                                        "accepts, and deploy again") from None
         smoke_rows, smoke_seconds = request.smoke.rows, answer.seconds
 
+    phase[0] = (f"deployment {name} passed its smoke test; the traffic update to "
+                f"{describe_traffic(after)} was under way")
+    hint[0] = f"check the traffic with amlpromote endpoints show {request.endpoint}"
     log(f"traffic: {describe_traffic(before)} -> {describe_traffic(after)}"
         + (f", mirror {describe_traffic(mirror_after)}" if mirror_after else ""))
     try:
@@ -338,6 +359,8 @@ def deploy(platform: EndpointPlatform, request: DeployRequest,
         raise roll_back(f"moving traffic to deployment {name} failed: {exc.message}",
                         "", exc.hint or "run again") from None
 
+    phase[0] = (f"deployed: deployment {name} takes {describe_traffic(after)}; retiring "
+                "older deployments was under way")
     retired: list[str] = []
     warnings = [*(preflight_warnings or []), *getattr(created, "warnings", [])]
     if request.retire_old:
