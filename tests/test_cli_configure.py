@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from support import free_port
 from support.cli import cli
 from support.mlflow_server import MlflowServer

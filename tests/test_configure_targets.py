@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from support.mlflow_server import MlflowServer
 from support.models import register_heart_model
 from typer.testing import CliRunner

@@ -29,7 +29,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -435,7 +435,7 @@ def test_promotion_between_store_kinds(
     assert tags["amlpromote.bytes"] == str(source.sizes)
     assert tags["amlpromote.tool_version"] == __version__
     promoted_at = datetime.strptime(tags["amlpromote.promoted_at"], "%Y-%m-%dT%H:%M:%SZ")
-    age = datetime.now(timezone.utc) - promoted_at.replace(tzinfo=timezone.utc)
+    age = datetime.now(UTC) - promoted_at.replace(tzinfo=UTC)
     assert timedelta(seconds=-5) < age < timedelta(minutes=10), tags["amlpromote.promoted_at"]
     assert "amlpromote.chain" not in tags  # the source was never promoted itself
     # No credential in any recorded value, in any spelling.

@@ -210,8 +210,11 @@ def test_deleting_the_endpoint_stops_its_server(world: dict[str, Any]) -> None:
 
 def test_bad_input_is_refused_before_anything_is_read(world: dict[str, Any],
                                                       tmp_path: Path) -> None:
+    wrong_columns = tmp_path / "wrong.csv"
+    wrong_columns.write_text("a,b\n1,2\n")
     cases = [
         (("--endpoint", "x"), "endpoint name"),
+        (("--smoke-input", str(wrong_columns)), "needs columns it lacks: age"),
         (("--timeout", "soon"), "not a duration"),
         (("--env", "NOEQUALS"), "KEY=VALUE"),
         (("--smoke-input", str(tmp_path / "missing.csv")), "no such file"),
@@ -225,3 +228,5 @@ def test_bad_input_is_refused_before_anything_is_read(world: dict[str, Any],
         assert run.code == 2, (extra, run.both)
         assert expected in run.document["error"], (extra, run.document)
         assert "Traceback" not in run.both
+    listed = cli("endpoints", "list", "--local", "-o", "json", env=world["env"])
+    assert "heart-bad" not in [e["name"] for e in listed.document["endpoints"]]

@@ -203,3 +203,49 @@ def test_live_azureml_workspace_promotion_is_verified_idempotent_and_loads(
     if AZUREML_REGISTRY:
         shared = _promote(env, tmp_path, source, ref, name, "--registry", AZUREML_REGISTRY)
         assert shared["status"] == "copied" and shared["verified"] is True
+
+
+# Deploying costs money (a managed online endpoint bills per instance-hour), so it runs only when
+# asked for: AMLPROMOTE_LIVE_AZUREML_DEPLOY=1 beside the workspace variables above, optionally
+# AMLPROMOTE_LIVE_AZUREML_INSTANCE_TYPE (default Standard_DS3_v2). The endpoint is deleted at
+# the end, also when the test fails.
+AZUREML_DEPLOY = os.environ.get("AMLPROMOTE_LIVE_AZUREML_DEPLOY", "") in ("1", "true", "yes")
+AZUREML_INSTANCE_TYPE = os.environ.get("AMLPROMOTE_LIVE_AZUREML_INSTANCE_TYPE",
+                                       "Standard_DS3_v2")
+
+
+@live_azureml
+@pytest.mark.skipif(not AZUREML_DEPLOY, reason="set AMLPROMOTE_LIVE_AZUREML_DEPLOY=1 (it "
+                                                "bills a managed online endpoint) to run")
+@pytest.mark.timeout(7200)
+def test_live_azureml_deploy_smoke_tests_serves_and_is_a_no_op_again(
+    tmp_path: Path, isolated_environment: Path
+) -> None:
+    import uuid
+
+    env = _azure_env(isolated_environment)
+    source, ref = _live_source(tmp_path)
+    endpoint = f"amlp-live-{uuid.uuid4().hex[:8]}"
+    coordinates = ("--workspace", AZUREML_WORKSPACE, "--resource-group", AZUREML_RESOURCE_GROUP,
+                   "--subscription", AZUREML_SUBSCRIPTION, "--credential", AZUREML_CREDENTIAL)
+
+    def amlpromote(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "amlpromote", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=3600, check=False)
+
+    try:
+        first = amlpromote("deploy", ref, "--promote", "--source", source, "--endpoint",
+                           endpoint, *coordinates, "--instance-type", AZUREML_INSTANCE_TYPE,
+                           "-o", "json")
+        assert first.returncode == 0, first.stderr[-3000:]
+        result = json.loads(first.stdout)
+        assert result["status"] == "deployed" and result["smoke"]["rows"] >= 1
+        assert result["traffic"]["after"] == {result["deployment"]: 100}
+        again = amlpromote("deploy", f"{result['model']['name']}/{result['model']['version']}",
+                           "--endpoint", endpoint, *coordinates, "-o", "json")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout)["status"] == "unchanged"
+        key = amlpromote("endpoints", "keys", endpoint, *coordinates).stdout.strip()
+        assert key and key not in first.stdout + first.stderr
+    finally:
+        amlpromote("endpoints", "delete", endpoint, *coordinates)

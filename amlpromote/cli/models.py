@@ -82,7 +82,7 @@ _TARGET_FLAGS = {"target": "--target", "workspace": "--workspace",
                  "registry": "--registry"}
 
 
-class Side(str, Enum):
+class Side(str, Enum):  # noqa: UP042 -- Typer renders these choices; kept as they were
     source = "source"
     target = "target"
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 
-class OutputMode(str, Enum):
+class OutputMode(str, Enum):  # noqa: UP042 -- Typer renders these choices; kept as they were
     human = "human"
     json = "json"
 

@@ -11,11 +11,10 @@ import json
 import os
 import re
 import tempfile
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from amlpromote.core.errors import BadInput, NotFound, OperationFailed
 from amlpromote.core.uris import parse_registry_uri, redact_uri

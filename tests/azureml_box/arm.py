@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -269,7 +269,7 @@ class ArmService(RegistryService):
             f"{origin}/{container}/{prefix}" if origin else source
         )
         created = datetime.fromtimestamp(int(mv.get("creation_timestamp") or 0) / 1000,
-                                         tz=timezone.utc)
+                                         tz=UTC)
         return {
             "id": f"{ws.arm_id}/models/{mv['name']}/versions/{mv['version']}",
             "name": str(mv["version"]),

@@ -49,7 +49,7 @@ class TestCA:
         # P-256 keys: generated in microseconds (RSA-2048 takes ~100 ms) and accepted by
         # OpenSSL, Python's ssl module and Node alike.
         self._key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         public_key = self._key.public_key()
         self.cert = (
@@ -92,7 +92,7 @@ class TestCA:
         key = ec.generate_private_key(ec.SECP256R1())
         dns = list(dns_names)
         ips = list(ip_addresses)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
         common_name = dns[0] if dns else ips[0]

@@ -697,7 +697,7 @@ class DatabricksBox:
         blob_path = f"{_BLOB_PREFIX}{va.registry_id}/{rel}"
         with self._lock:
             self._signed_versions[va.registry_id] = va
-        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.signed_url_ttl)
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.signed_url_ttl)
         expiry = expires.strftime(_SAS_TIME_FORMAT)
         query = urlencode(
             {
@@ -722,10 +722,10 @@ class DatabricksBox:
                 "Signature did not match. String to sign used was r.",
             )
         try:
-            expires = dt.datetime.strptime(expiry, _SAS_TIME_FORMAT).replace(tzinfo=dt.timezone.utc)
+            expires = dt.datetime.strptime(expiry, _SAS_TIME_FORMAT).replace(tzinfo=dt.UTC)
         except ValueError:
             raise _blob_error(403, "AuthenticationFailed", "Signed expiry not valid.") from None
-        if expires <= dt.datetime.now(dt.timezone.utc):
+        if expires <= dt.datetime.now(dt.UTC):
             raise _blob_error(
                 403, "AuthenticationFailed", "Signature not valid in the specified time frame."
             )

@@ -329,7 +329,9 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
 
     smoke_rows = smoke_seconds = None
     if request.smoke is not None:
-        log(f"smoke test: {request.smoke.rows} rows to deployment {name}")
+        plural = "s" if request.smoke.rows != 1 else ""
+        log(f"smoke test: {request.smoke.rows} row{plural} "
+            f"to deployment {name}")
         try:
             answer = platform.invoke(request.endpoint, request.smoke.body, deployment=name)
             request.smoke.check(answer.status, answer.body, request.smoke.rows)

@@ -58,14 +58,42 @@ def smoke_request(files: ModelFiles, smoke_input: Path | None) -> SmokeRequest:
 
     BadInput names the file and what is wrong with it.
     """
-    request = _from_user_file(Path(smoke_input)) if smoke_input is not None \
-        else _from_model(files)
+    if smoke_input is not None:
+        request = _from_user_file(Path(smoke_input))
+        _check_columns(request, files, Path(smoke_input))
+    else:
+        request = _from_model(files)
     if len(request.body) > MAX_BODY_BYTES:
         raise BadInput(
             f"the smoke-test request from {request.source} is {len(request.body)} bytes; Azure "
             f"ML endpoints refuse requests over {MAX_BODY_BYTES} bytes",
             "pass --smoke-input FILE with a few rows")
     return request
+
+
+def _check_columns(request: SmokeRequest, files: ModelFiles, path: Path) -> None:
+    """A user's rows that lack a column the model's signature requires would fail the smoke
+    test only after the deployment was provisioned (minutes on Azure ML): refused now."""
+    try:
+        mlmodel = read_mlmodel(files)
+        signature = mlmodel.get("signature")
+        inputs = json.loads(signature["inputs"]) if isinstance(signature, dict) \
+            and isinstance(signature.get("inputs"), str) else None
+        input_data = json.loads(request.body).get("input_data")
+    except (BadInput, ValueError, TypeError, AttributeError):
+        return  # no readable signature or not a frame: the smoke test itself decides
+    if not (isinstance(inputs, list) and isinstance(input_data, dict)
+            and isinstance(input_data.get("columns"), list)):
+        return
+    required = [str(spec["name"]) for spec in inputs if isinstance(spec, dict)
+                and spec.get("name") and spec.get("required", True)]
+    missing = [name for name in required if name not in input_data["columns"]]
+    if missing:
+        shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+        raise BadInput(f"--smoke-input {path}: the model's signature needs columns it lacks: "
+                       f"{shown}",
+                       hint="give rows with the model's input columns (amlpromote models show "
+                            "NAME/VERSION --files lists its files; MLmodel has the signature)")
 
 
 def check_smoke_answer(status: int, body: bytes, rows: int) -> None:

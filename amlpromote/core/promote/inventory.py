@@ -14,7 +14,7 @@ version, and the chain of earlier hops when that source was itself promoted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from amlpromote.core.errors import BadInput, NotFound
@@ -463,7 +463,7 @@ def _latest(versions: list[VersionInfo]) -> VersionInfo | None:
 def _iso(timestamp_ms: int | None) -> str | None:
     if timestamp_ms is None:
         return None
-    return datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc) \
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC) \
         .strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from amlpromote.core.storage.artifacts import ArtifactFile
 
@@ -134,7 +134,7 @@ def provenance_tags(*, source_uri: str, source_identity: str, name: str, version
                     now: datetime | None = None, limits: TagLimits = NO_LIMITS,
                     listing: str | None = None) -> dict[str, str]:
     """The full tag set for a new target version (`source_uri` must be credential-free)."""
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     tags = {
         KEY: source_key(source_identity, name, version),
         DIGEST: digest,

@@ -59,6 +59,10 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# The width of `_now()`'s timestamps, which start every log line.
+_STAMP_WIDTH = len("2026-01-01T00:00:00.000000Z")
+
+
 class ServerLog:
     """Lines to server.log (this process's stdout) and to each deployment's recent lines."""
 
@@ -89,7 +93,12 @@ class Deployment:
         return self.model is not None
 
     def log(self, line: str) -> None:
-        self.lines.append(f"{_now()} {WORKER_TAG[0]}{line}")
+        # Every line of a multi-line entry (a traceback) carries the entry's timestamp, so the
+        # merge of the workers' logs (by timestamp, stable) keeps an entry's lines together
+        # and in order.
+        stamp = f"{_now()} {WORKER_TAG[0]}"
+        for part in line.splitlines() or [""]:
+            self.lines.append(stamp + part)
         LOG.write(self.name, line)
 
     def predict(self, data: Any, params: dict[str, Any] | None) -> Any:
@@ -541,11 +550,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             tail = int(urllib.parse.parse_qs(query).get("tail", ["50"])[0])
             status, doc = endpoint.logs(parts[1], tail)
             if fan_out and status == 200:
-                # Lines start with their UTC timestamp: sorting merges the workers' logs.
+                # Lines start with their UTC timestamp: a stable sort on it alone merges the
+                # workers' logs and keeps each entry's lines in their order.
                 lines = str(doc["logs"]).splitlines()
                 for _, other in endpoint.forward(method, self.path, body, timeout=10):
                     lines += str(other.get("logs") or "").splitlines()
-                doc = {"logs": "\n".join(sorted(lines)[-tail:] if tail > 0 else [])}
+                merged = sorted(lines, key=lambda text: text[:_STAMP_WIDTH])
+                doc = {"logs": "\n".join(merged[-tail:] if tail > 0 else [])}
         elif parts == ["traffic"] and method in ("POST", "PUT"):
             status, doc = endpoint.set_traffic(request)
             if fan_out and status == 200:
