@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import requests
 from azureml_box.testing import (
+    REGISTRY,
     RESOURCE_GROUP,
     SUBSCRIPTION,
     WORKSPACE,
@@ -217,6 +218,29 @@ def test_endpoints_commands_show_shift_and_delete(azureml_box: BoxWorkspaces,
     assert endpoint_record(azureml_box) is None
     missing = cli("endpoints", "show", ENDPOINT, *COORDINATES)
     assert missing.code == 3, missing.both
+
+
+def test_a_registry_version_is_served_by_the_named_workspace(
+        azureml_box: BoxWorkspaces, box_env: dict[str, str], source: dict[str, Any],
+        names: dict[str, str]) -> None:
+    name = names["heart"] + "-shared"
+    copied = cli("copy-model", "heart-src/1", "--source", source["uri"], "--registry", REGISTRY,
+                 "--credential", "managed-identity", "--target-name", name, "-o", "json")
+    assert copied.code == 0, copied.both
+    version = copied.document["target"]["version"]
+    # Without a workspace there is nowhere to put the endpoint.
+    nowhere = cli("deploy", f"{name}/{version}", "--endpoint", "heart-shared", "--registry",
+                  REGISTRY, "--credential", "managed-identity", "-o", "json")
+    assert nowhere.code == 2 and "--workspace" in nowhere.document["hint"], nowhere.both
+    run = cli("deploy", f"{name}/{version}", "--endpoint", "heart-shared", "--registry",
+              REGISTRY, *COORDINATES, "-o", "json")
+    assert run.code == 0, run.both
+    assert run.document["model"]["asset_id"] == (
+        f"azureml://registries/{REGISTRY}/models/{name}/versions/{version}")
+    record = azureml_box.box.online_endpoint(azureml_box.workspace, "heart-shared")
+    assert record is not None and {k: v for k, v in record.traffic.items() if v} == {"blue": 100}
+    gone = cli("endpoints", "delete", "heart-shared", *COORDINATES)
+    assert gone.code == 0, gone.both
 
 
 def test_sigterm_while_provisioning_leaves_traffic_as_it_was(

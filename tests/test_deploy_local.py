@@ -180,6 +180,31 @@ def test_traffic_can_be_moved_back_by_hand_and_a_deployment_deleted(
     assert [d["name"] for d in show(world)["deployments"]] == ["blue"]
 
 
+def test_mirror_then_a_full_switch_that_retires_the_old_deployment(
+        world: dict[str, Any], heart_frame: pd.DataFrame) -> None:
+    mirrored = deploy(world, f"{NAME}/2", "--mirror", "20")
+    assert mirrored.code == 0, mirrored.both
+    assert mirrored.document["deployment"] == "green"
+    assert mirrored.document["traffic"]["after"] == {"blue": 100}
+    assert mirrored.document["mirror"]["after"] == {"green": 20}
+    endpoint = show(world)
+    assert endpoint["traffic"] == {"blue": 100} and endpoint["mirror"] == {"green": 20}
+    # Requests are answered by blue only; green gets copies.
+    answered = {score(world, heart_frame.head(1)).headers["azureml-model-deployment"]
+                for _ in range(10)}
+    assert answered == {"blue"}
+    again = deploy(world, f"{NAME}/2", "--mirror", "20")
+    assert again.code == 0 and again.document["status"] == "unchanged", again.both
+
+    switched = deploy(world, f"{NAME}/2", "--retire-old")
+    assert switched.code == 0, switched.both
+    result = switched.document
+    assert result["deployment"] == "green"
+    assert result["traffic"]["after"] == {"green": 100}
+    assert result["retired"] == ["blue"]
+    assert [d["name"] for d in show(world)["deployments"]] == ["green"]
+
+
 def test_preflight_refuses_a_folder_that_is_not_a_model(world: dict[str, Any]) -> None:
     version = register_raw_model(world["registry"], "not-a-model", {"weights.bin": b"\0" * 16})
     run = deploy(world, f"not-a-model/{version}", "--endpoint", "never-made")

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import hmac
 import http.client
+import json
 import re
 import threading
 import time
-from http import HTTPStatus
 from typing import Any
 
 from .endpoints import EndpointService, OnlineDeployment, OnlineEndpoint
@@ -43,6 +43,8 @@ MAX_SCORING_PAYLOAD = 1_572_864
 # request_timeout_ms defaults to 5000 (managed online deployment YAML reference, RequestSettings).
 DEFAULT_REQUEST_TIMEOUT = 5.0
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+# What the front door puts in ms-azureml-model-error-reason for a model's non-200 (_model_error).
+MODEL_ERROR_REASON = "model_error"
 _DURATION = re.compile(r"^P(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
                        r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$", re.IGNORECASE)
 
@@ -105,7 +107,11 @@ class ScoringFrontDoor(EndpointService):
 
     @staticmethod
     def _scoring_error(status: int, message: str) -> _Response:
-        return _Response.json(status, {"message": message})
+        # No public capture shows the Content-Type of the front door's own refusals; the box
+        # answers them with the bare `application/json` the inference server's JSON answers
+        # carry (the strictest choice a client can rely on: no charset parameter assumed).
+        return _Response(status, json.dumps({"message": message}).encode(),
+                         {"Content-Type": "application/json"})
 
     def _scoring_authorized(self, endpoint: OnlineEndpoint, authorization: str | None) -> bool:
         scheme, _, credential = (authorization or "").partition(" ")
@@ -192,13 +198,16 @@ class ScoringFrontDoor(EndpointService):
     def _model_error(status: int, body: bytes, content_type: str) -> _Response:
         """"424 Model Error: If your model container returns a non-200 response, Azure returns a
         424. Check response headers ms-azureml-model-error-statuscode and
-        ms-azureml-model-error-reason" (troubleshooting guide); the container's body passes."""
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Unknown"
+        ms-azureml-model-error-reason" (troubleshooting guide); the container's body passes.
+
+        The reason is the constant `model_error`, not the status phrase: Azure ML's inference
+        envoy filter sets it so for any non-200 from the model (its Lua `rewriteStatusNon200`,
+        a public copy found through the code search; `too_many_pending_request` and
+        `model_not_ready` are its own refusals), and a captured Azure ML answer shows
+        "server: envoy ... ms-azureml-model-error-reason: model_error,
+        ms-azureml-model-error-statuscode: 404"."""
         return _Response(424, body, {
             "Content-Type": content_type,
             "ms-azureml-model-error-statuscode": str(status),
-            "ms-azureml-model-error-reason": reason,
+            "ms-azureml-model-error-reason": MODEL_ERROR_REASON,
         })
