@@ -321,7 +321,7 @@ def test_the_front_door_maps_model_errors_sizes_and_unknown_deployments(
     # The inference server answers 400 for a body without input_data; the front door: 424.
     assert model_error.status_code == 424
     assert model_error.headers["ms-azureml-model-error-statuscode"] == "400"
-    assert model_error.headers["ms-azureml-model-error-reason"] == "Bad Request"
+    assert model_error.headers["ms-azureml-model-error-reason"] == "model_error"
     assert "input_data" in model_error.text
     assert too_big.status_code == 413
     assert unknown.status_code == 404

@@ -8,7 +8,8 @@ request below (good and bad) goes to both: the status, the body (JSON-equal) and
 headers must be the same. The box never imports product code, so an agreement here is two
 independent readings of Azure ML's contract agreeing, and a disagreement is a bug on one side.
 Where they disagreed, the side that did not match the real service was fixed, with the source
-cited beside the fix (the box's front door: the 424 `ms-azureml-model-error-reason`).
+cited beside the fix (all in the box's front door: the 424's `ms-azureml-model-error-reason` is
+`model_error`, the container's headers pass through, its own refusals say `application/json`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ ENDPOINT = "heart-contract"
 SOURCE_NAME = "heart-contract-src"
 COORDINATES = ("--workspace", WORKSPACE, "--resource-group", RESOURCE_GROUP,
                "--subscription", SUBSCRIPTION, "--credential", "managed-identity")
-# Headers the contract fixes: who served, why a 424, and the body's type.
+# Headers the contract fixes: who served, why a 424, the body's type, and the inference
+# server's own flag for a failed run() (the front door passes the container's headers on).
 CONTRACT_HEADERS = ("azureml-model-deployment", "ms-azureml-model-error-statuscode",
-                    "ms-azureml-model-error-reason", "content-type")
+                    "ms-azureml-model-error-reason", "content-type", "x-ms-run-function-failed")
 RUN_FAILED = "An unexpected error occurred in scoring script. Check the logs for more info."
 
 
@@ -240,6 +242,13 @@ def test_both_endpoints_answer_the_same(targets: tuple[Target, Target], case: st
     if status == 424:
         assert headers["ms-azureml-model-error-reason"] == "model_error"
         assert headers["azureml-model-deployment"] == "blue"
+    if status in (200, 424):
+        assert headers["content-type"] == "application/json"
+        failed = "True" if container_status == "500" else "False"
+        assert headers["x-ms-run-function-failed"] == failed
+    else:  # the front door's own refusal: no container answered
+        assert headers["x-ms-run-function-failed"] is None
+        assert headers["azureml-model-deployment"] is None
     if case == "nested-list tensor (model failure)":
         assert local["body"] == ("json", {"message": RUN_FAILED})
     for target in targets:

@@ -20,6 +20,13 @@ from which sources:
   long-running operations.
 - arm.py: ARM workspaces and registries, their lists, discovery, workspace model assets.
 - mlflow_api.py: the workspace / registry MLflow REST API, forwarded to a real `mlflow server`.
+- endpoints.py: ARM managed online endpoints and deployments: long-running operations, 409
+  while one runs, keys and tokens, getLogs, provisioning that starts a model server.
+- frontdoor.py: the scoring URIs (`*.inference.ml.azure.com`): key or token, routing by
+  traffic, mirror or the `azureml-model-deployment` header, the 424 mapping, 413.
+- serving.py, mlflow_score.py, inference_env.py: each deployment's model server, Microsoft's
+  real azureml-inference-server-http with an MLflow scoring script of ours, in a venv of its
+  own.
 - limits.py: Azure ML's published tag limits.
 - transport.py: the TLS server and request handler, the proxy and its CONNECT tunnels (and why
   a proxy).

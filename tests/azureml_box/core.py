@@ -319,7 +319,9 @@ class BoxCore:
         """Answer matching requests with `status` (after `delay` seconds), or just slow them
         down (`status=None`), for the next `times` matches (None: until cleared).
 
-        route: "token", "arm", "discovery", "mlflow", "artifact", "registry-discovery", "blob"
+        route: "token", "arm", "discovery", "mlflow", "artifact", "registry-discovery",
+            "endpoints" (ARM online endpoint and deployment routes, ARM's error shape),
+            "scoring" (the scoring URIs, behind the front door), "blob"
             (blob storage requests: while a "blob" fault is registered, the proxy terminates
             TLS for blob hosts and forwards each request to Azurite itself, recording it);
         path: a regular expression searched in the request path (for blobs, the blob path);

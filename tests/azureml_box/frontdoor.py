@@ -45,6 +45,11 @@ DEFAULT_REQUEST_TIMEOUT = 5.0
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 # What the front door puts in ms-azureml-model-error-reason for a model's non-200 (_model_error).
 MODEL_ERROR_REASON = "model_error"
+# Headers of the container's answer the front door does not pass on (RFC 9110 hop-by-hop and
+# framing; the front door sends its own Server, Date and Content-Length).
+_NOT_PASSED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
+                         "content-type", "server", "date", "te", "trailer", "upgrade",
+                         "proxy-authenticate", "proxy-connection"})
 _DURATION = re.compile(r"^P(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
                        r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$", re.IGNORECASE)
 
@@ -189,13 +194,21 @@ class ScoringFrontDoor(EndpointService):
             return self._model_error(502, b"", "text/plain")
         finally:
             conn.close()
-        content_type = upstream.getheader("Content-Type") or "application/json"
+        # The front door is a proxy: the container's own headers reach the client, as a captured
+        # answer of a managed online endpoint shows ("server: azureml-frontdoor ...
+        # x-ms-run-function-failed: False, x-ms-run-fn-exec-ms: 12.925, x-ms-server-version:
+        # azmlinfsrv/1.4.0, x-ms-request-id ..., azureml-model-deployment: default"); only
+        # hop-by-hop and framing headers are the front door's own.
+        passed = {name: value for name, value in upstream.getheaders()
+                  if name.lower() not in _NOT_PASSED}
+        passed["Content-Type"] = upstream.getheader("Content-Type") or "application/json"
         if upstream.status != 200:
-            return self._model_error(upstream.status, body, content_type)
-        return _Response(200, body, {"Content-Type": content_type})
+            return self._model_error(upstream.status, body, passed["Content-Type"], passed)
+        return _Response(200, body, passed)
 
     @staticmethod
-    def _model_error(status: int, body: bytes, content_type: str) -> _Response:
+    def _model_error(status: int, body: bytes, content_type: str,
+                     passed: dict[str, str] | None = None) -> _Response:
         """"424 Model Error: If your model container returns a non-200 response, Azure returns a
         424. Check response headers ms-azureml-model-error-statuscode and
         ms-azureml-model-error-reason" (troubleshooting guide); the container's body passes.
@@ -207,6 +220,7 @@ class ScoringFrontDoor(EndpointService):
         "server: envoy ... ms-azureml-model-error-reason: model_error,
         ms-azureml-model-error-statuscode: 404"."""
         return _Response(424, body, {
+            **(passed or {}),
             "Content-Type": content_type,
             "ms-azureml-model-error-statuscode": str(status),
             "ms-azureml-model-error-reason": MODEL_ERROR_REASON,
