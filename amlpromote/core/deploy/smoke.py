@@ -58,16 +58,15 @@ def smoke_request(files: ModelFiles, smoke_input: Path | None) -> SmokeRequest:
 
     BadInput names the file and what is wrong with it.
     """
-    if smoke_input is not None:
-        request = _from_user_file(Path(smoke_input))
-        _check_columns(request, files, Path(smoke_input))
-    else:
-        request = _from_model(files)
+    request = _from_user_file(Path(smoke_input)) if smoke_input is not None \
+        else _from_model(files)
     if len(request.body) > MAX_BODY_BYTES:
         raise BadInput(
             f"the smoke-test request from {request.source} is {len(request.body)} bytes; Azure "
             f"ML endpoints refuse requests over {MAX_BODY_BYTES} bytes",
             "pass --smoke-input FILE with a few rows")
+    if smoke_input is not None:
+        _check_columns(request, files, Path(smoke_input))
     return request
 
 
