@@ -63,6 +63,18 @@ def names(azureml_box: BoxWorkspaces) -> dict[str, str]:
             "unloadable": f"unloadable-{suffix}"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def strict_retry_after(azureml_box: BoxWorkspaces) -> Any:
+    """The product is tested with the Retry-After the REST spec declares (10 s at least), not
+    the box's 1 s for its own tests: deploy never waits on azure-ai-ml's pollers for its pace
+    (it reads the resources itself), and this shows it."""
+    box = azureml_box.box
+    saved = box.lro_retry_after
+    box.lro_retry_after = 10
+    yield
+    box.lro_retry_after = saved
+
+
 def deploy(ref: str, *extra: str) -> Run:
     return cli("deploy", ref, "--endpoint", ENDPOINT, *COORDINATES, "-o", "json", *extra)
 

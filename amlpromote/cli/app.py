@@ -92,6 +92,9 @@ def run_command_line(args: Sequence[str] | None = None) -> int:
     here it is one `error:` line and a `hint:` line, plus the failure document when JSON output
     was asked for, like every other failure. Tests in this process call this too."""
     argv = list(sys.argv[1:] if args is None else args)
+    from amlpromote.core.deploy.azureml_online import keep_poller_dots_off_stdout
+
+    keep_poller_dots_off_stdout()
     try:
         code = app(args=argv, prog_name="amlpromote", standalone_mode=False)
     except typer.Abort:

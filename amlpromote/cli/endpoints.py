@@ -379,7 +379,9 @@ def keys(
     key = run(out, action)
     # Asked for by name: the one output that carries a secret. It goes to stdout only, past
     # the redacting wrapper (cli/output.py) that would hide a token-shaped key.
-    stream = getattr(sys.stdout, "_inner", sys.stdout)
+    stream: Any = sys.stdout
+    while hasattr(stream, "_inner"):  # the redacting wrapper and the poller-dot filter
+        stream = stream._inner
     if out.json:
         import json
 

@@ -72,7 +72,9 @@ class _DotFilter:
         return getattr(self._inner, name)
 
 
-def _keep_poller_dots_off_stdout() -> None:
+def keep_poller_dots_off_stdout() -> None:
+    """Install the filter on the current stdout (idempotent). The CLI does it for every
+    command: a poller of an earlier call in the same process may still be running."""
     if not isinstance(sys.stdout, _DotFilter):
         sys.stdout = _DotFilter(sys.stdout, threading.get_ident())
 
@@ -107,7 +109,7 @@ class AzureMlOnline:
 
             self._client = MLClient(self.credential, self.subscription, self.resource_group,
                                     self.workspace)
-            _keep_poller_dots_off_stdout()
+            keep_poller_dots_off_stdout()
         return self._client
 
     @contextmanager
