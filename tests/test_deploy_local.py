@@ -244,6 +244,7 @@ def test_bad_input_is_refused_before_anything_is_read(world: dict[str, Any],
         (("--env", "NOEQUALS"), "KEY=VALUE"),
         (("--smoke-input", str(tmp_path / "missing.csv")), "no such file"),
         (("--auth-mode", "password"), "--auth-mode"),
+        (("--auth-mode", "aml_token"), "local endpoints use key auth"),
     ]
     for extra, expected in cases:
         args = ["deploy", f"{NAME}/1", "--target", world["registry"], "-o", "json"]
