@@ -231,7 +231,7 @@ def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: 
             liveness_delay: int, readiness_delay: int, request_timeout_ms: int,
             max_concurrent_requests: int, dry_run: bool) -> DeployResult:
     from amlpromote.core.deploy import fetch as fetching
-    from amlpromote.core.deploy.platform import ModelVersion
+    from amlpromote.core.deploy.platform import DeploymentSettings, ModelVersion
     from amlpromote.core.deploy.rollout import DeployRequest, SmokeTest, check_request
     from amlpromote.core.deploy.rollout import deploy as roll_out
     from amlpromote.core.deploy.where import (
@@ -266,10 +266,11 @@ def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: 
         endpoint=endpoint, deployment=deployment, model=ModelVersion("", "", ""), smoke=None,
         auth_mode=auth_mode, traffic=traffic, mirror=mirror, retire_old=retire_old,
         keep_failed=keep_failed, timeout=seconds, dry_run=dry_run,
-        instance_type=instance_type, instance_count=instance_count,
-        liveness_initial_delay=liveness_delay, readiness_initial_delay=readiness_delay,
-        request_timeout_ms=request_timeout_ms,
-        max_concurrent_requests=max_concurrent_requests, env=variables)
+        settings=DeploymentSettings(
+            instance_type=instance_type, instance_count=instance_count,
+            liveness_initial_delay=liveness_delay, readiness_initial_delay=readiness_delay,
+            request_timeout_ms=request_timeout_ms,
+            max_concurrent_requests=max_concurrent_requests, env=variables))
     check_request(request)
     out.debug(f"profile '{profile_name}'; model registry {where.choice.display}; endpoints: "
               f"{where.display}")

@@ -186,10 +186,7 @@ def delete(
         found = _endpoint(platform, name)
         deadline = time.monotonic() + 1800
         if deployment is not None:
-            if found.deployment(deployment) is None:
-                raise BadInput(f"endpoint '{name}' has no deployment '{deployment}'",
-                               hint="its deployments: "
-                                    + (", ".join(d.name for d in found.deployments) or "none"))
+            found.require_deployment(deployment)
             if found.traffic.get(deployment, 0):
                 raise BadInput(f"deployment '{deployment}' takes {found.traffic[deployment]}% "
                                f"of the traffic of endpoint '{name}'",
@@ -223,7 +220,7 @@ def logs(
                                           subscription, registry, credential))
 
     def action() -> tuple[str, str]:
-        from amlpromote.core.errors import BadInput, NotFound
+        from amlpromote.core.errors import NotFound
 
         found = _endpoint(platform, name)
         chosen = deployment
@@ -232,10 +229,8 @@ def logs(
                 raise NotFound(f"endpoint '{name}' has no deployments",
                                hint=f"amlpromote deploy MODEL --endpoint {name}")
             chosen = max(found.deployments, key=lambda d: found.traffic.get(d.name, 0)).name
-        elif found.deployment(chosen) is None:
-            raise BadInput(f"endpoint '{name}' has no deployment '{chosen}'",
-                           hint="its deployments: "
-                                + (", ".join(d.name for d in found.deployments) or "none"))
+        else:
+            found.require_deployment(chosen)
         return chosen, platform.get_logs(name, chosen, tail)
 
     chosen, text = run(out, action)

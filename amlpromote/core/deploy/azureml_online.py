@@ -33,7 +33,6 @@ from amlpromote.core.deploy.platform import (
 )
 from amlpromote.core.errors import (
     AmlPromoteError,
-    BadInput,
     NotFound,
     OperationFailed,
     Unreachable,
@@ -244,15 +243,16 @@ class AzureMlOnline:
             ProbeSettings,
         )
 
+        settings = spec.settings
         deployment = ManagedOnlineDeployment(
             name=spec.name, endpoint_name=spec.endpoint, model=spec.model.asset_id,
-            instance_type=spec.instance_type, instance_count=spec.instance_count,
-            liveness_probe=ProbeSettings(initial_delay=spec.liveness_initial_delay),
-            readiness_probe=ProbeSettings(initial_delay=spec.readiness_initial_delay),
+            instance_type=settings.instance_type, instance_count=settings.instance_count,
+            liveness_probe=ProbeSettings(initial_delay=settings.liveness_initial_delay),
+            readiness_probe=ProbeSettings(initial_delay=settings.readiness_initial_delay),
             request_settings=OnlineRequestSettings(
-                request_timeout_ms=spec.request_timeout_ms,
-                max_concurrent_requests_per_instance=spec.max_concurrent_requests),
-            environment_variables=dict(spec.env) or None)
+                request_timeout_ms=settings.request_timeout_ms,
+                max_concurrent_requests_per_instance=settings.max_concurrent_requests),
+            environment_variables=dict(settings.env) or None)
         with self._calls(f"creating deployment '{spec.name}' of endpoint '{spec.endpoint}'"):
             poller = self.client.online_deployments.begin_create_or_update(deployment)
         state = self._wait(f"deployment {spec.name}",
@@ -262,8 +262,8 @@ class AzureMlOnline:
             raise DeploymentFailed(f"provisioning ended {state} "
                                    f"({self._operation_error(poller)})",
                                    logs=self._logs_or_note(spec.endpoint, spec.name))
-        return DeploymentInfo(spec.name, spec.model.asset_id, state, spec.instance_type,
-                              spec.instance_count)
+        return DeploymentInfo(spec.name, spec.model.asset_id, state, settings.instance_type,
+                              settings.instance_count)
 
     def _logs_or_note(self, endpoint: str, deployment: str) -> str:
         try:
@@ -336,10 +336,8 @@ class AzureMlOnline:
         if found is None:
             raise NotFound(f"endpoint '{endpoint}' not found in {self.where}",
                            hint="amlpromote endpoints list shows the endpoints")
-        if deployment is not None and found.deployment(deployment) is None:
-            raise BadInput(f"endpoint '{endpoint}' has no deployment '{deployment}'",
-                           hint="its deployments: "
-                                + (", ".join(d.name for d in found.deployments) or "none"))
+        if deployment is not None:
+            found.require_deployment(deployment)
         headers = {"Authorization": "Bearer " + self.get_key(endpoint),
                    "Content-Type": content_type}
         if deployment:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from amlpromote.core import config as cfg
+from amlpromote.core.deploy.local.state import write_atomic
 from amlpromote.core.errors import AmlPromoteError, OperationFailed
 from amlpromote.core.promote.inventory import RegistryReader, open_reader
 from amlpromote.core.refs import ModelRef
@@ -117,11 +118,7 @@ def _read_index() -> dict[str, str]:
 def _remember(key: str, digest: str) -> None:
     index = _read_index()
     index[key] = digest
-    path = _index_path()
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
-                                     suffix=".tmp") as handle:
-        json.dump(index, handle, indent=1, sort_keys=True)
-    os.replace(handle.name, path)
+    write_atomic(_index_path(), json.dumps(index, indent=1, sort_keys=True).encode())
 
 
 def _folder_of(digest: str) -> Path:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from amlpromote.core.errors import OperationFailed
+from amlpromote.core.errors import BadInput, OperationFailed
 
 # A progress report: (what, state, seconds elapsed), e.g. ("deployment blue", "Creating", 42.0).
 Progress = Callable[[str, str, float], None]
@@ -41,12 +41,9 @@ class ModelVersion:
 
 
 @dataclass
-class DeploymentSpec:
-    """One deployment to create."""
+class DeploymentSettings:
+    """How a deployment runs: size, probes, request settings, environment."""
 
-    endpoint: str
-    name: str
-    model: ModelVersion
     instance_type: str = "Standard_DS3_v2"
     instance_count: int = 1
     # Probe initial delays in seconds; MLflow images install the model's environment at start,
@@ -56,6 +53,16 @@ class DeploymentSpec:
     request_timeout_ms: int = 5000
     max_concurrent_requests: int = 1
     env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DeploymentSpec:
+    """One deployment to create."""
+
+    endpoint: str
+    name: str
+    model: ModelVersion
+    settings: DeploymentSettings = field(default_factory=DeploymentSettings)
 
 
 @dataclass
@@ -87,6 +94,15 @@ class EndpointInfo:
 
     def deployment(self, name: str) -> DeploymentInfo | None:
         return next((d for d in self.deployments if d.name == name), None)
+
+    def require_deployment(self, name: str) -> DeploymentInfo:
+        """The named deployment; BadInput naming the ones there are when it is not one."""
+        found = self.deployment(name)
+        if found is None:
+            raise BadInput(f"endpoint '{self.name}' has no deployment '{name}'",
+                           hint="its deployments: "
+                                + (", ".join(d.name for d in self.deployments) or "none"))
+        return found
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "platform": self.platform, "scoring_uri": self.scoring_uri,

@@ -25,6 +25,7 @@ from typing import Any
 
 from amlpromote.core.deploy.platform import (
     DeploymentFailed,
+    DeploymentSettings,
     DeploymentSpec,
     DeploymentTimeout,
     EndpointBusy,
@@ -65,13 +66,7 @@ class DeployRequest:
     keep_failed: bool = False
     timeout: float = 1800.0
     dry_run: bool = False
-    instance_type: str = "Standard_DS3_v2"
-    instance_count: int = 1
-    liveness_initial_delay: int = 600
-    readiness_initial_delay: int = 600
-    request_timeout_ms: int = 5000
-    max_concurrent_requests: int = 1
-    env: dict[str, str] = field(default_factory=dict)
+    settings: DeploymentSettings = field(default_factory=DeploymentSettings)
 
 
 @dataclass
@@ -267,13 +262,8 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
         endpoint = platform.create_endpoint(request.endpoint, request.auth_mode, progress,
                                             deadline)
         created_endpoint = True
-    spec = DeploymentSpec(
-        endpoint=request.endpoint, name=name, model=request.model,
-        instance_type=request.instance_type, instance_count=request.instance_count,
-        liveness_initial_delay=request.liveness_initial_delay,
-        readiness_initial_delay=request.readiness_initial_delay,
-        request_timeout_ms=request.request_timeout_ms,
-        max_concurrent_requests=request.max_concurrent_requests, env=dict(request.env))
+    spec = DeploymentSpec(endpoint=request.endpoint, name=name, model=request.model,
+                          settings=request.settings)
 
     def roll_back(reason: str, logs: str, hint: str) -> RolledBack:
         kept = request.keep_failed
