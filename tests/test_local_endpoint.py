@@ -239,6 +239,108 @@ def test_tensors_and_params_reach_the_model_as_the_script_builds_them() -> None:
     assert set(seen[-1][0]) == {"a", "b"} and seen[-1][1] is None
 
 
+# Split payloads of every JSON value kind, and the ones the column-by-column path hands on to
+# pandas' row constructor (duplicate or non-string names, ragged rows, no rows).
+SPLIT_CASES = [
+    (["a", "b"], [[1, 2.5], [2, 3]]),
+    (["a"], [[1], [None]]),
+    (["a"], [[True], [False]]),
+    (["a"], [[True], [1]]),
+    (["a"], [["x"], [None]]),
+    (["a"], [[[1, 2]], [[3, 4]]]),
+    (["a"], [[{"k": 1}], [{"k": 2}]]),
+    (["a"], [[2**63]]),
+    (["a", "a"], [[1, 2]]),
+    ([0, 1], [[1, 2]]),
+    (["a", "b"], []),
+    (["a", "b"], [[1, 2], [3]]),  # pandas fills the short row with NaN
+    (["i", "f", "m", "s", "n"], [[1, 1.5, 1, "x", float("nan")], [-2, 2.0, 2.5, "y", 1.0]]),
+    (["big", "mixed_big"], [[2**62, 2**60], [-(2**63), 0.5]]),  # int64; ints past 2**53
+    (["s", "b"], [["x", True], [1, False]]),
+    (["e"], [[""]]),
+]
+
+
+@pytest.mark.parametrize(("columns", "data"), SPLIT_CASES)
+def test_a_split_frame_is_the_frame_pandas_builds_from_its_rows(columns: list[Any],
+                                                                 data: list[Any]) -> None:
+    import pandas as pd
+
+    index = list(range(10, 10 + len(data)))
+    built = scoring.model_input({"columns": columns, "index": index, "data": data})
+    expected = pd.DataFrame(data, columns=columns, index=index)
+    pd.testing.assert_frame_equal(built, expected, check_index_type=True, check_column_type=True)
+
+
+def raw_exchange(shared: Shared, request: bytes, read_until_close: bool = True) -> bytes:
+    """Send bytes to the scoring port as they are; what comes back (until the server closes,
+    or the first answer)."""
+    import socket
+
+    port = int(shared.scoring_uri.rsplit(":", 1)[1].split("/", 1)[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            received += chunk
+            if not chunk or (not read_until_close and b"\r\n\r\n" in received
+                             and received.rstrip().endswith(b"]")):
+                return received
+
+
+def scoring_request(shared: Shared, body: bytes, *extra: str,
+                    version: str = "HTTP/1.1") -> bytes:
+    head = [f"POST /score {version}", "Host: 127.0.0.1", "content-type: application/json",
+            f"authorization: Bearer {shared.key}", f"Content-Length: {len(body)}", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize(("request_head", "status"), [
+    (b"POST /score\r\n\r\n", 400),                            # no version
+    (b"POST /score HTTP/2.0\r\n\r\n", 400),                   # not HTTP/1.x
+    (b"POST /score HTTP/1.1\r\nContent-Type : x\r\n\r\n", 400),  # space before the colon
+    (b"POST /score HTTP/1.1\r\nA: 1\r\n  folded\r\n\r\n", 400),   # obsolete line folding
+    (b"POST /score HTTP/1.1\r\nno colon\r\n\r\n", 400),
+    (b"POST /score HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"POST /score HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", 400),
+    (b"POST /score HTTP/1.1\r\n" + b"".join(b"H%d: v\r\n" % n for n in range(101))
+     + b"\r\n", 431),                                                 # over 100 headers
+    (b"POST /score HTTP/1.1\r\nA: " + b"x" * 70_000 + b"\r\n\r\n", 431),
+])
+def test_malformed_http_is_refused_and_the_connection_closed(shared: Shared,
+                                                              request_head: bytes,
+                                                              status: int) -> None:
+    answer = raw_exchange(shared, request_head)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+
+
+def test_header_names_are_case_insensitive_and_http_1_0_closes(shared: Shared,
+                                                               heart_frame: Any) -> None:
+    body = split_body(heart_frame.head(2))
+    expected = json.dumps(trained_heart_model().pipeline.predict(heart_frame.head(2)).tolist())
+    answer = raw_exchange(shared, scoring_request(shared, body, version="HTTP/1.0"))
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert json.loads(payload) == json.loads(expected)
+
+
+def test_connection_close_is_honoured_and_keep_alive_serves_the_next(shared: Shared,
+                                                                      heart_frame: Any) -> None:
+    body = split_body(heart_frame.head(1))
+    two = scoring_request(shared, body) + scoring_request(shared, body, "Connection: close")
+    answer = raw_exchange(shared, two)  # returns once the server closed after the second
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:500]
+
+
+def test_expect_100_continue_gets_100_before_the_answer(shared: Shared,
+                                                         heart_frame: Any) -> None:
+    body = split_body(heart_frame.head(1))
+    answer = raw_exchange(shared, scoring_request(shared, body, "Expect: 100-continue",
+                                                  "Connection: close"))
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "), answer[:300]
+
+
 def test_the_traffic_split_sends_to_both(shared: Shared, heart_frame: Any) -> None:
     platform = shared.platform
     platform.set_traffic("shared", {"blue": 50, "green": 50}, {}, no_progress, later(10))

@@ -155,10 +155,57 @@ def model_input(input_data: Any) -> Any:
 
             # Same frame as the script's pd.read_json(orient="split", dtype=False), built
             # directly: read_json re-serialises the JSON and costs ~5 ms on one row.
-            return pd.DataFrame(input_data["data"], columns=input_data["columns"],
-                                index=input_data["index"])
+            columns, rows, index = (input_data["columns"], input_data["data"],
+                                    input_data["index"])
+            if _column_lists_fit(columns, rows):
+                # Column by column, with numpy arrays where the dtype pandas would infer is
+                # plain: half the time of pandas' row constructor on one row, the same frame.
+                frame = {name: _plain_column(values)
+                         for name, values in zip(columns, zip(*rows, strict=True), strict=True)}
+                return pd.DataFrame(frame, index=_plain_column(index), copy=False)
+            return pd.DataFrame(rows, columns=columns, index=index)
         return {name: np.asarray(value) for name, value in input_data.items()}
     return input_data
+
+
+def _column_lists_fit(columns: Any, rows: Any) -> bool:
+    """Whether `rows` can be turned into one list per column without changing the frame: some
+    rows, each a list as long as the unique string column names (anything else goes to pandas'
+    row constructor, which gives its own answer or error)."""
+    if not (isinstance(columns, list) and isinstance(rows, list) and rows):
+        return False
+    if not all(isinstance(name, str) for name in columns) or len(set(columns)) != len(columns):
+        return False
+    width = len(columns)
+    return all(type(row) is list and len(row) == width for row in rows)
+
+
+# Python ints a float64 holds exactly: a column mixing them with floats is float64 in pandas.
+_EXACT_IN_FLOAT = 2**53
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _plain_column(values: Any) -> Any:
+    """`values` as the numpy array pandas would infer for them, when that is plain: all ints
+    (int64), all floats or ints and floats (float64), all strings (object). Anything else
+    (None, bools, nested values, ints beyond int64) is left to pandas' own inference, as a
+    list."""
+    import numpy as np
+    import pandas as pd
+
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        if _INT64[0] <= min(values) and max(values) <= _INT64[1]:
+            return np.array(values, dtype=np.int64)
+    elif kinds == {float} or (kinds == {int, float} and all(
+            -_EXACT_IN_FLOAT <= v <= _EXACT_IN_FLOAT for v in values if type(v) is int)):
+        return np.array(values, dtype=np.float64)
+    elif kinds == {str} and not pd.get_option("future.infer_string"):
+        # pandas 3 (infer_string) makes strings its own str dtype: its inference decides.
+        strings = np.empty(len(values), dtype=object)
+        strings[:] = values
+        return strings
+    return list(values)
 
 
 def jsonable(result: Any) -> Any:

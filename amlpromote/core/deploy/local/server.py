@@ -405,16 +405,78 @@ class Endpoint:
 # -- HTTP --------------------------------------------------------------------------------------
 
 
+class RequestHeaders:
+    """A request's headers by case-insensitive name; the first of a repeated one is its value,
+    as with http.server's email.message.Message."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+
+    def add(self, name: str, value: str) -> None:
+        self._values.setdefault(name.lower(), value)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._values.get(name.lower(), default)
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse one connection
     server_version = "amlpromote-local-endpoint"
     sys_version = ""
     endpoint: Endpoint  # set on the class by serve()
+    raw_requestline: bytes  # set by handle_one_request
 
     def setup(self) -> None:
         super().setup()
         # One write per answer and no Nagle delay on the small ones.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # The standard parse_request reads headers with the email package, which took a tenth of a
+    # 1-row request's time in a profile; this reads them directly, with the same limits
+    # (http.client's 100 headers and 64 KiB lines) and the parts of HTTP/1.1 a client of a
+    # scoring endpoint uses (keep-alive, Connection: close, Expect: 100-continue).
+    def parse_request(self) -> bool:
+        self.command = ""
+        self.request_version = version = "HTTP/0.9"
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if len(words) != 3 or words[2] not in ("HTTP/1.0", "HTTP/1.1"):
+            self.request_version = "HTTP/1.1"  # so send_error answers with headers
+            self.send_error(400, "Bad request line: expected METHOD PATH HTTP/1.1")
+            return False
+        self.command, self.path, version = words
+        self.request_version = version
+        if self.path.startswith("//"):  # as http.server does (gh-87389)
+            self.path = "/" + self.path.lstrip("/")
+        headers = RequestHeaders()
+        for _ in range(101):
+            line = self.rfile.readline(65537)
+            if len(line) > 65536:
+                self.send_error(431, "Line too long")
+                return False
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, colon, value = str(line, "iso-8859-1").partition(":")
+            if not colon or not name or name != name.strip() or name[0] in " \t":
+                # RFC 9112 5.1/5.2: no space before the colon, no obsolete line folding
+                self.send_error(400, "Bad header line")
+                return False
+            headers.add(name, value.strip())
+        else:
+            self.send_error(431, "Too many headers")
+            return False
+        self.headers = headers  # type: ignore[assignment]
+        length = headers.get("Content-Length", "0")
+        if not (length.isascii() and length.isdigit()):
+            self.send_error(400, "Bad Content-Length")
+            return False
+        connection = headers.get("Connection", "").lower()
+        self.close_connection = connection == "close" or (
+            version == "HTTP/1.0" and connection != "keep-alive")
+        if (headers.get("Expect", "").lower() == "100-continue" and version == "HTTP/1.1"):
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         # http.server logs to stderr per request; our lines go to the deployment's log instead.
@@ -436,7 +498,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """The request body; None when it is too large to read (the connection then closes)."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             return None
-        length = int(self.headers.get("Content-Length") or 0)
+        length = int(self.headers.get("Content-Length") or 0)  # checked by parse_request
         if length > scoring.MAX_PAYLOAD_BYTES:
             return None
         return self.rfile.read(length) if length else b""
