@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from amlpromote.cli.app import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-COMMANDS = ["configure", "copy-model", "models", "deploy", "endpoints"]
+COMMANDS = ["configure", "copy-model", "models", "deploy", "endpoints", "score"]
 # Commands of a command group, each with its own options and examples.
 SUBCOMMANDS = [("models", "list"), ("models", "show"),
                *(("endpoints", c) for c in ("list", "show", "delete", "logs", "traffic",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "amlpromote" / "core"
-PACKAGES = ("registries", "storage", "azure", "promote", "deploy")
+PACKAGES = ("registries", "storage", "azure", "promote", "deploy", "score")
 # What each part of core/ never imports, as its docstring says (core/__init__.py for the
 # shared ground at the top, and for core/ as a whole).
 NEVER = {
@@ -23,10 +23,13 @@ NEVER = {
     "storage": ("amlpromote.core.registries", "amlpromote.core.promote"),
     "azure": ("amlpromote.core.registries", "amlpromote.core.storage", "amlpromote.core.promote",
               "amlpromote.core.deploy"),
-    "promote": ("amlpromote.core.deploy",),
-    "deploy": ("amlpromote.core.promote.promote", "amlpromote.core.promote.check"),
+    "promote": ("amlpromote.core.deploy", "amlpromote.core.score"),
+    "deploy": ("amlpromote.core.promote.promote", "amlpromote.core.promote.check",
+               "amlpromote.core.score"),
+    "score": ("amlpromote.core.promote.promote", "amlpromote.core.promote.check",
+              "amlpromote.core.deploy.rollout"),
     "": ("amlpromote.core.registries", "amlpromote.core.storage", "amlpromote.core.promote",
-         "amlpromote.core.deploy"),
+         "amlpromote.core.deploy", "amlpromote.core.score"),
 }
 NEVER_ANYWHERE = ("typer", "rich", "amlpromote.cli")
 

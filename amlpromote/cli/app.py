@@ -67,13 +67,14 @@ def root(
 
 
 def _register() -> None:
-    from amlpromote.cli import configure, copy_model, deploy, endpoints, models
+    from amlpromote.cli import configure, copy_model, deploy, endpoints, models, score
 
     configure.register(app)
     copy_model.register(app)
     models.register(app)
     deploy.register(app)
     endpoints.register(app)
+    score.register(app)
 
 
 _register()
@@ -148,12 +149,16 @@ def _requested_mode(argv: list[str]) -> OutputMode:
     for word in words:
         if word == "--":
             break
+        value: str | None = None
         if word in ("-o", "--output"):
-            mode = next(words, None)
+            value = next(words, None)
         elif word.startswith("--output="):
-            mode = word.partition("=")[2]
+            value = word.partition("=")[2]
         elif word.startswith("-o") and not word.startswith("--"):
-            mode = word[2:]
+            value = word[2:]
+        # `score --output` also names the rows' destination: only a mode's name is a mode.
+        if value is not None and value.strip().lower() in ("json", "human"):
+            mode = value
     if mode is None:
         mode = os.environ.get("AMLPROMOTE_OUTPUT", "")
     return OutputMode.json if (mode or "").strip().lower() == "json" else OutputMode.human

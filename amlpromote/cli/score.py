@@ -1,0 +1,638 @@
+"""`amlpromote score`: predictions for a file, a folder of files or stdin, from an online
+endpoint, from the model in this process, or on Spark."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+import typer
+
+from amlpromote.cli.options import (
+    CredentialOpt,
+    ProfileOpt,
+    QuietOpt,
+    RegistryOpt,
+    ResourceGroupOpt,
+    SourceOpt,
+    SubscriptionOpt,
+    TargetOpt,
+    VerboseOpt,
+    WorkspaceOpt,
+)
+
+if TYPE_CHECKING:
+    from amlpromote.cli.output import Output
+    from amlpromote.core.score.signature import Signature
+    from amlpromote.core.score.tables import InputSet, OutputSink
+
+HELP = """Score data: the input rows plus the model's predictions, in input order.
+
+One of --model (the model runs here, or on Spark with --engine spark) or --endpoint (rows are
+sent to an online endpoint, Azure ML or --local). --input is a CSV, parquet or JSON-lines
+file, a folder of them, or - for CSV on stdin; it is read as a stream, never whole. --output
+is a .csv or .parquet file, a folder (for a folder input: one output file per input file), or
+- for JSON lines on stdout. The output appears only when the whole run succeeded (it is
+written to a temporary name and renamed; --keep-partial keeps what was written on failure).
+
+The input's columns are checked against the model's signature before anything is scored or
+sent: missing columns and incompatible types are listed together (exit 2). Extra columns pass
+through untouched.
+
+--output takes the output mode too: --output json prints the run's summary as one JSON
+document (give both: --output preds.parquet --output json). A folder literally named json
+or human is written as ./json.
+
+--engine local (default) runs mlflow.pyfunc in this environment, in --workers processes that
+each load the model once (default: one per CPU for inputs over 64 MB, else one).
+--engine spark runs mlflow.pyfunc.spark_udf (env_manager local: the model runs in this
+environment) on the active Spark session (spark-submit, Databricks) or on --spark-master.
+
+Examples:
+
+\b
+  amlpromote score --model uci-heart-classifier/1 --input heart.csv --output preds.csv
+  amlpromote score --model ./model --input data/ --output preds/ --workers 4
+  amlpromote score --model uci-heart-classifier@champion --profile prod --engine spark \\
+      --input rows.parquet --output preds.parquet --spark-master 'local[*]'
+  amlpromote score --endpoint heart --local --input heart.csv --output preds.parquet
+  amlpromote score --endpoint heart-prod --profile prod --deployment green \\
+      --input rows.csv --output - --batch-size 200 --concurrency 8
+  cat rows.csv | amlpromote score --model ./model --input - --output - --id-column id
+"""
+
+# Inputs above this size get one worker per CPU by default; below it, the workers' start
+# (each imports mlflow and loads the model, seconds) costs more than it saves.
+PARALLEL_INPUT_BYTES = 64 * 1024 * 1024
+LOCAL_BATCH_ROWS = 50_000
+ONLINE_BATCH_ROWS = 100
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score", help=HELP)(score)
+
+
+def split_output(values: list[str]) -> tuple[str | None, str | None]:
+    """--output's values: (data destination, mode)."""
+    from amlpromote.core.errors import BadInput
+
+    destinations: list[str] = []
+    mode = None
+    for value in values:
+        if value.strip().lower() in ("json", "human"):
+            mode = value.strip().lower()
+        else:
+            destinations.append(value)
+    if len(destinations) > 1:
+        raise BadInput(f"--output names two destinations: {destinations[0]} and "
+                       f"{destinations[1]}",
+                       hint="give one file or folder (and --output json for the summary)")
+    return (destinations[0] if destinations else None), mode
+
+
+def score(
+    ctx: typer.Context,
+    input_spec: Annotated[str | None, typer.Option(
+        "--input", "-i", help="CSV, parquet or JSON-lines file, a folder of them, or - (CSV on "
+                              "stdin).", show_default=False)] = None,
+    output_values: Annotated[list[str] | None, typer.Option(
+        "--output", "-o", help="Where the rows go: a .csv or .parquet file, a folder, or - "
+                               "(JSON lines on stdout); json or human: the result format "
+                               "(json: one summary document).  [env var: AMLPROMOTE_OUTPUT]",
+        show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Score with this model here: a version (NAME/3, NAME@ALIAS, "
+                              "models:/NAME/3) in the target registry, or a local MLflow model "
+                              "folder.", show_default=False)] = None,
+    endpoint: Annotated[str | None, typer.Option(
+        "--endpoint", "-e", help="Score through this online endpoint.",
+        show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="With --model: local (mlflow.pyfunc here) or spark "
+                         "(mlflow.pyfunc.spark_udf).")] = "local",
+    from_: Annotated[str, typer.Option(
+        "--from", help="With --model: find the version in the target or the source "
+                       "registry.")] = "target",
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, max=64, help="Local engine processes [default: one per CPU for "
+                                         "inputs over 64 MB, else 1].",
+        show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, max=1_000_000,
+        help="Rows per request (endpoint, default 100) or per model call (local, default "
+             "50,000).", show_default=False)] = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", min=1, max=64, help="Requests in flight (endpoint).")] = 4,
+    deployment: Annotated[str | None, typer.Option(
+        "--deployment", "-d", help="Send every request to this deployment of the endpoint.",
+        show_default=False)] = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="The endpoint is a local endpoint of this machine.")] = False,
+    prediction_column: Annotated[str, typer.Option(
+        "--prediction-column", help="Name of the prediction column (several outputs: "
+                                    "NAME_output).")] = "prediction",
+    id_column: Annotated[str | None, typer.Option(
+        "--id-column", help="Keep only this input column beside the predictions.",
+        show_default=False)] = None,
+    output_format: Annotated[str | None, typer.Option(
+        "--output-format", help="csv, parquet or jsonl, whatever the output's name says.",
+        show_default=False)] = None,
+    keep_partial: Annotated[bool, typer.Option(
+        "--keep-partial", help="On failure keep what was written, as NAME.partial.")] = False,
+    spark_master: Annotated[str, typer.Option(
+        "--spark-master", help="Spark master when no Spark session is active.")] = "local[*]",
+    source: SourceOpt = None,
+    target: TargetOpt = None,
+    profile: ProfileOpt = None,
+    workspace: WorkspaceOpt = None,
+    resource_group: ResourceGroupOpt = None,
+    subscription: SubscriptionOpt = None,
+    registry: RegistryOpt = None,
+    credential: CredentialOpt = None,
+    quiet: QuietOpt = None,
+    verbose: VerboseOpt = None,
+) -> None:
+    from amlpromote.cli.runner import make_output, run
+
+    destination, mode = None, None
+    try:
+        destination, mode = split_output(output_values or [])
+    except Exception as exc:  # reported once the output object exists
+        problem: Exception | None = exc
+    else:
+        problem = None
+    out = make_output(ctx, mode, quiet, verbose)
+    if problem is not None:
+        run(out, lambda: _raise(problem))
+    options: dict[str, Any] = dict(input_spec=input_spec, destination=destination, model=model,
+                   endpoint=endpoint, engine=engine, from_=from_, workers=workers,
+                   batch_size=batch_size, concurrency=concurrency, deployment=deployment,
+                   local=local, prediction_column=prediction_column, id_column=id_column,
+                   output_format=output_format, keep_partial=keep_partial,
+                   spark_master=spark_master, source=source, profile=profile,
+                   targets={"target": target, "workspace": workspace,
+                            "resource_group": resource_group, "subscription": subscription,
+                            "registry": registry, "credential": credential})
+    summary = run(out, lambda: _score(out, **options))
+    _render(out, summary, destination)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _render(out: Output, summary: dict[str, Any], destination: str | None) -> None:
+    def human() -> None:
+        stream = sys.stderr if destination == "-" else sys.stdout
+        files = summary["files"]
+        print(f"scored {summary['rows']:,} rows from {files} file{'s' if files != 1 else ''} "
+              f"in {summary['seconds']:.1f}s ({summary['rows_per_second']:,.0f} rows/s) -> "
+              f"{summary['output']}", file=stream)
+
+    out.result(summary, human, None if destination == "-" else summary["output"])
+
+
+class RowProgress:
+    """Rows scored, rows/s and elapsed: a live line on a terminal, a line every 15 s in a CI
+    log, nothing in quiet or JSON mode."""
+
+    def __init__(self, out: Output) -> None:
+        self.enabled = not (out.quiet or out.json)
+        self.interactive = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.rows = 0
+        self._shown = 0.0
+
+    def __call__(self, rows: int) -> None:
+        self.rows += rows
+        now = time.monotonic()
+        if not self.enabled or now - self._shown < (0.2 if self.interactive else 15.0):
+            return
+        self._shown = now
+        elapsed = now - self.started
+        line = (f"scoring: {self.rows:,} rows, {self.rows / max(elapsed, 1e-9):,.0f} rows/s "
+                f"({elapsed:.0f}s)")
+        if self.interactive:
+            print(f"\r\x1b[2K{line}", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled and self.interactive and self._shown:
+            print("\r\x1b[2K", end="", file=sys.stderr, flush=True)
+
+
+def _check_options(*, input_spec: str | None, destination: str | None, model: str | None,
+                   endpoint: str | None, engine: str, from_: str, workers: int | None,
+                   deployment: str | None, local: bool, output_format: str | None,
+                   id_column: str | None, prediction_column: str, json_mode: bool) -> None:
+    from amlpromote.core.errors import BadInput
+
+    if (model is None) == (endpoint is None):
+        raise BadInput("score needs one of --model and --endpoint" if model is None
+                       else "--model and --endpoint both given",
+                       hint="--model REF scores here (or on Spark); --endpoint NAME sends the "
+                            "rows to an online endpoint")
+    if not input_spec:
+        raise BadInput("no --input given",
+                       hint="a CSV, parquet or JSON-lines file, a folder of them, or - for CSV "
+                            "on stdin")
+    if not destination:
+        raise BadInput("no --output destination given",
+                       hint="a .csv or .parquet file, a folder, or - for JSON lines on stdout")
+    if engine not in ("local", "spark"):
+        raise BadInput(f"--engine {engine!r} is not local or spark",
+                       hint="local (default) runs the model here; spark uses spark_udf")
+    if from_ not in ("target", "source"):
+        raise BadInput(f"--from {from_!r} is not target or source",
+                       hint="target (default) or source: the registry that holds REF")
+    if endpoint is not None:
+        unused = [flag for flag, given in (("--engine", engine != "local"),
+                                           ("--workers", workers is not None),
+                                           ("--from", from_ != "target")) if given]
+        if unused:
+            raise BadInput(f"{', '.join(unused)} applies to --model, not --endpoint",
+                           hint="drop it, or score with --model")
+        from amlpromote.core.deploy.where import check_name
+
+        check_name("endpoint", endpoint)
+        if deployment is not None:
+            check_name("deployment", deployment)
+    else:
+        unused = [flag for flag, given in (("--deployment", deployment is not None),
+                                           ("--local", local)) if given]
+        if unused:
+            raise BadInput(f"{', '.join(unused)} applies to --endpoint, not --model",
+                           hint="drop it, or score with --endpoint")
+        if engine == "spark" and (input_spec == "-" or destination == "-"):
+            raise BadInput("--engine spark reads and writes files, not stdin or stdout",
+                           hint="give --input and --output paths, or use --engine local")
+        if engine == "spark" and workers is not None:
+            raise BadInput("--workers applies to --engine local",
+                           hint="Spark's parallelism follows --spark-master (local[N])")
+    if output_format is not None and output_format not in ("csv", "parquet", "jsonl"):
+        raise BadInput(f"--output-format {output_format!r} is not csv, parquet or jsonl",
+                       hint="or leave it out: the output's extension decides")
+    if json_mode and destination == "-":
+        raise BadInput("--output - writes the rows to stdout, where --output json would also "
+                       "print the summary", hint="write the rows to a file, or drop --output "
+                                                 "json")
+    if not prediction_column.strip():
+        raise BadInput("--prediction-column is empty", hint="e.g. --prediction-column score")
+    if id_column is not None and not id_column.strip():
+        raise BadInput("--id-column is empty", hint="name an input column")
+
+
+def _score(out: Output, *, input_spec: str | None, destination: str | None,
+           model: str | None, endpoint: str | None, engine: str, from_: str,
+           workers: int | None, batch_size: int | None, concurrency: int,
+           deployment: str | None, local: bool, prediction_column: str,
+           id_column: str | None, output_format: str | None, keep_partial: bool,
+           spark_master: str, source: str | None, profile: str | None,
+           targets: dict[str, str | None]) -> dict[str, Any]:
+    _check_options(input_spec=input_spec, destination=destination, model=model,
+                   endpoint=endpoint, engine=engine, from_=from_, workers=workers,
+                   deployment=deployment, local=local, output_format=output_format,
+                   id_column=id_column, prediction_column=prediction_column,
+                   json_mode=out.json)
+    assert input_spec is not None and destination is not None
+    started = time.monotonic()
+    if model is not None and engine == "spark":
+        return _score_spark(out, model, input_spec, destination, from_=from_, source=source,
+                            profile=profile, targets=targets, prediction_column=prediction_column,
+                            id_column=id_column, output_format=output_format,
+                            keep_partial=keep_partial, master=spark_master, started=started)
+    from amlpromote.core.score import tables
+
+    if model is not None:
+        model_dir = _model_folder(out, model, from_, source, profile, targets, dry=True)
+        signature = _signature_of_folder(model_dir) if model_dir else None
+        # The version is found (and its signature read) before any input is opened; a
+        # registered version is fetched only once the input and output were checked.
+        return _score_local(out, model, model_dir, signature, input_spec, destination,
+                            from_=from_, source=source, profile=profile, targets=targets,
+                            workers=workers, batch_size=batch_size or LOCAL_BATCH_ROWS,
+                            prediction_column=prediction_column, id_column=id_column,
+                            output_format=output_format, keep_partial=keep_partial,
+                            started=started, tables=tables)
+    assert endpoint is not None
+    return _score_online(out, endpoint, input_spec, destination, deployment=deployment,
+                         local=local, profile=profile, targets=targets,
+                         batch_size=batch_size or ONLINE_BATCH_ROWS, concurrency=concurrency,
+                         prediction_column=prediction_column, id_column=id_column,
+                         output_format=output_format, keep_partial=keep_partial,
+                         started=started)
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def _is_model_folder(ref: str) -> Path | None:
+    path = Path(ref).expanduser()
+    if path.is_dir() and (path / "MLmodel").is_file():
+        return path.resolve()
+    return None
+
+
+def _locate(model: str, from_: str, source: str | None, profile: str | None,
+            targets: dict[str, str | None]) -> Any:
+    from amlpromote.core import config as cfg
+    from amlpromote.core.deploy import fetch as fetching
+    from amlpromote.core.errors import BadInput
+    from amlpromote.core.refs import parse_model_ref
+    from amlpromote.core.settings import resolve_target
+    from amlpromote.core.uris import parse_registry_uri
+
+    model_ref = parse_model_ref(model)
+    profile_name = profile or cfg.DEFAULT_PROFILE
+    values = cfg.load_config().profile(profile_name, required=profile is not None)
+    if from_ == "source":
+        src = cfg.resolve("source", source, values)
+        if not src.value:
+            raise BadInput("--from source: no source registry given",
+                           hint="pass --source URI, set AMLPROMOTE_SOURCE, or configure a "
+                                "profile")
+        uri = parse_registry_uri(src.value, "source")
+        return fetching.locate(uri, "source", model_ref)
+    choice = resolve_target(targets, values)
+    return fetching.locate(choice.registry_uri(), "target", model_ref)
+
+
+def _model_folder(out: Output, model: str, from_: str, source: str | None,
+                  profile: str | None, targets: dict[str, str | None],
+                  dry: bool = False) -> Path | None:
+    """A local model folder as it is; a registered version from the cache (fetched once, by
+    digest). With dry=True only a local folder is returned (None for a registered version)."""
+    folder = _is_model_folder(model)
+    if folder is not None or dry:
+        if folder is None and Path(model).expanduser().exists():
+            from amlpromote.core.errors import BadInput
+
+            raise BadInput(f"{model} is not an MLflow model folder (it has no MLmodel file)",
+                           hint="pass the folder that holds MLmodel, or a registered version "
+                                "(NAME/VERSION)")
+        return folder
+    from amlpromote.core.deploy import fetch as fetching
+
+    located = _locate(model, from_, source, profile, targets)
+    fetched = fetching.fetch(located, fetching.RegistryModelFiles(located), out.progress())
+    if fetched.downloaded:
+        out.note(f"fetched {located.name}/{located.number} into the model cache")
+    return fetched.path
+
+
+def _signature_of_folder(folder: Path) -> Signature:
+    from amlpromote.core.score.signature import read_signature
+
+    return read_signature(folder)
+
+
+def _signature_of_version(model: str, from_: str, source: str | None, profile: str | None,
+                          targets: dict[str, str | None]) -> tuple[Any, Signature]:
+    from amlpromote.core.deploy import fetch as fetching
+    from amlpromote.core.score.signature import parse_mlmodel
+
+    located = _locate(model, from_, source, profile, targets)
+    files = fetching.RegistryModelFiles(located)
+    return located, parse_mlmodel(files.read("MLmodel").decode("utf-8", "replace"))
+
+
+# -- local engine ------------------------------------------------------------------------------
+
+
+def _open_checked(out: Output, signature: Signature, input_spec: str, destination: str,
+                  output_format: str | None, tables: Any) -> InputSet:
+    from amlpromote.core.score.signature import arrow_types, check_columns
+
+    for note in signature.notes:
+        out.note(f"note: {note}")
+    inputs: InputSet = tables.open_input(input_spec, arrow_types(signature) or None)
+    check_columns(inputs.schema, signature, "the input" if input_spec == "-" else input_spec)
+    tables.check_output(destination, inputs, output_format)
+    return inputs
+
+
+def _check_id_column(inputs: InputSet, id_column: str | None) -> None:
+    if id_column is not None and id_column not in inputs.schema.names:
+        from amlpromote.core.errors import BadInput
+
+        raise BadInput(f"--id-column {id_column!r} is not a column of the input",
+                       hint="its columns: " + ", ".join(inputs.schema.names[:20]))
+
+
+def _default_workers(inputs: InputSet) -> int:
+    size = 0
+    for file in inputs.files:
+        if file.path is None:
+            return 1
+        try:
+            size += file.path.stat().st_size
+        except OSError:
+            return 1
+    return max(1, os.cpu_count() or 1) if size > PARALLEL_INPUT_BYTES else 1
+
+
+def _score_local(out: Output, model: str, model_dir: Path | None,
+                 signature: Signature | None, input_spec: str, destination: str, *,
+                 from_: str, source: str | None, profile: str | None,
+                 targets: dict[str, str | None], workers: int | None, batch_size: int,
+                 prediction_column: str, id_column: str | None, output_format: str | None,
+                 keep_partial: bool, started: float, tables: Any) -> dict[str, Any]:
+    from amlpromote.core.score import local_engine
+
+    if signature is None:  # a registered version: its MLmodel first, its files later
+        _, signature = _signature_of_version(model, from_, source, profile, targets)
+    inputs = _open_checked(out, signature, input_spec, destination, output_format, tables)
+    _check_id_column(inputs, id_column)
+    if model_dir is None:
+        model_dir = _model_folder(out, model, from_, source, profile, targets)
+    assert model_dir is not None
+    count = workers or _default_workers(inputs)
+    if count == 1:
+        local_engine.check_loads(model_dir)
+    progress = RowProgress(out)
+    sink: OutputSink = tables.open_output(destination, inputs, output_format, keep_partial)
+    with sink:
+        scored = local_engine.score(model_dir, inputs.batches(batch_size), sink, signature,
+                                    workers=count, prediction_column=prediction_column,
+                                    id_column=id_column, progress=progress)
+        if scored.rows == 0:
+            _write_empty(sink, inputs, signature, prediction_column, id_column)
+        written = sink.commit()
+    progress.done()
+    return _summary("local", scored.rows, len(inputs.files), written.location, started,
+                    workers=count)
+
+
+def _write_empty(sink: OutputSink, inputs: InputSet, signature: Signature,
+                 prediction_column: str, id_column: str | None) -> None:
+    """An empty input's output: its columns and the prediction columns, no rows."""
+    import pyarrow as pa
+
+    from amlpromote.core.score.signature import SCALAR_TYPES, arrow_type
+
+    outputs = [c for c in signature.outputs or [] if c.name] if signature.output_names else (
+        signature.outputs or [])[:1]
+    fields = [inputs.schema.field(id_column)] if id_column else list(inputs.schema)
+    chosen: list[Any] = list(outputs) or [None]
+    for column in chosen:
+        name = prediction_column if column is None or len(chosen) == 1 else (
+            f"{prediction_column}_{column.name}")
+        kind = arrow_type(column.type) if column is not None and column.type in SCALAR_TYPES \
+            else pa.float64()
+        fields.append(pa.field(name, kind))
+    sink.write(inputs.files[0], pa.schema(fields).empty_table())
+
+
+def _summary(mode: str, rows: int, files: int, location: str, started: float,
+             **extra: Any) -> dict[str, Any]:
+    seconds = time.monotonic() - started
+    return {"status": "scored", "mode": mode, "rows": rows, "files": files,
+            "output": location, "seconds": round(seconds, 3),
+            "rows_per_second": round(rows / seconds, 1) if seconds > 0 else 0.0, **extra}
+
+
+# -- Spark -------------------------------------------------------------------------------------
+
+
+def _score_spark(out: Output, model: str, input_spec: str, destination: str, *, from_: str,
+                 source: str | None, profile: str | None, targets: dict[str, str | None],
+                 prediction_column: str, id_column: str | None, output_format: str | None,
+                 keep_partial: bool, master: str, started: float) -> dict[str, Any]:
+    from amlpromote.core.score.signature import read_signature
+    from amlpromote.core.score.spark_engine import score_on_spark
+
+    model_dir = _model_folder(out, model, from_, source, profile, targets)
+    assert model_dir is not None
+    signature = read_signature(model_dir)
+    for note in signature.notes:
+        out.note(f"note: {note}")
+    if output_format == "jsonl":
+        from amlpromote.core.errors import BadInput
+
+        raise BadInput("--engine spark writes csv or parquet", hint="--output-format csv")
+    result = score_on_spark(model_dir, input_spec, destination,
+                            signature_types=signature.scalar_inputs or None,
+                            output_names=signature.output_names,
+                            prediction_column=prediction_column, id_column=id_column,
+                            output_format=output_format, master=master,
+                            keep_partial=keep_partial,
+                            progress=lambda step: out.note(f"spark: {step}"))
+    return _summary("spark", result.rows, result.files, result.output, started)
+
+
+# -- online ------------------------------------------------------------------------------------
+
+
+def _endpoint_signatures(platform: Any, info: Any, deployment: str | None,
+                         where: Any) -> list[tuple[str, Signature]]:
+    """The signature of each deployment that will answer: the pinned one, or those with
+    traffic. Local deployments keep their model folder; Azure ML ones name the registered
+    version, whose MLmodel is read from the registry."""
+    from amlpromote.core.score.signature import Signature, parse_mlmodel, read_signature
+
+    if deployment is not None:
+        names = [info.require_deployment(deployment).name]
+    else:
+        names = [name for name, share in info.traffic.items() if share > 0]
+    found: list[tuple[str, Signature]] = []
+    for name in names:
+        record = info.deployment(name)
+        if record is None:
+            continue
+        if platform.kind == "local":
+            from amlpromote.core.deploy.local import state as st
+
+            state = st.read_state(st.endpoint_dir(info.name))
+            kept = state.deployments.get(name) if state else None
+            found.append((name, read_signature(Path(kept.path)) if kept else Signature()))
+            continue
+        text = _azure_mlmodel(record.model_asset_id, where)
+        found.append((name, parse_mlmodel(text) if text is not None else Signature(
+            notes=[f"the model of deployment {name} ({record.model_asset_id}) could not be "
+                   "read: its input is scored without a column check"])))
+    return found
+
+
+def _azure_mlmodel(asset_id: str, where: Any) -> str | None:
+    import re
+
+    from amlpromote.core.deploy import fetch as fetching
+    from amlpromote.core.refs import parse_model_ref
+
+    match = re.search(r"/models/([^/]+)/versions/([^/]+)$", asset_id)
+    if not match:
+        return None
+    registry_uri = where.choice.registry_uri()
+    in_registry = asset_id.startswith("azureml://registries/")
+    if in_registry != (where.choice.kind == "registry"):
+        return None  # the version lives in a registry other than the one configured
+    located = fetching.locate(registry_uri, "target",
+                              parse_model_ref(f"{match[1]}/{match[2]}"))
+    return fetching.RegistryModelFiles(located).read("MLmodel").decode("utf-8", "replace")
+
+
+def _score_online(out: Output, endpoint: str, input_spec: str, destination: str, *,
+                  deployment: str | None, local: bool, profile: str | None,
+                  targets: dict[str, str | None], batch_size: int, concurrency: int,
+                  prediction_column: str, id_column: str | None, output_format: str | None,
+                  keep_partial: bool, started: float) -> dict[str, Any]:
+    import collections
+    import contextlib
+
+    from amlpromote.core.deploy.where import default_profile, open_platform, resolve_deploy_target
+    from amlpromote.core.errors import NotFound
+    from amlpromote.core.score import predictions, tables
+    from amlpromote.core.score.online import OnlineScorer
+    from amlpromote.core.score.signature import Signature, arrow_types, check_columns, conform
+
+    _, values = default_profile(profile)
+    where = resolve_deploy_target(targets, values, local)
+    platform = open_platform(where)
+    info = platform.get_endpoint(endpoint)
+    if info is None:
+        place = "on this machine" if platform.kind == "local" else "in the workspace"
+        raise NotFound(f"no endpoint '{endpoint}' {place}",
+                       hint="amlpromote endpoints list shows the endpoints")
+    signatures = _endpoint_signatures(platform, info, deployment, where)
+    signature = signatures[0][1] if signatures else Signature()
+    for note in signature.notes:
+        out.note(f"note: {note}")
+    inputs = tables.open_input(input_spec, arrow_types(signature) or None)
+    for name, each in signatures:
+        check_columns(inputs.schema, each, ("the input" if input_spec == "-" else input_spec)
+                      + (f" (deployment {name})" if len(signatures) > 1 else ""))
+    tables.check_output(destination, inputs, output_format)
+    _check_id_column(inputs, id_column)
+    scorer = OnlineScorer(info.scoring_uri, lambda: platform.get_key(endpoint), deployment,
+                          batch_size=batch_size, concurrency=concurrency)
+    progress = RowProgress(out)
+    order: collections.deque[Any] = collections.deque()
+
+    def frames() -> Any:
+        for batch in inputs.batches(max(batch_size * concurrency * 2, 10_000)):
+            order.append(batch)
+            data = conform(batch.data, signature, batch.describe())
+            yield batch.file.name, batch.first_row, data.to_pandas()
+
+    rows = 0
+    sink: OutputSink = tables.open_output(destination, inputs, output_format, keep_partial)
+    # closing(): a failure on the writing side stops the client's threads at once.
+    with sink, contextlib.closing(
+            cast(Generator[Any, None, None], scorer.predict(frames(), progress))) as answered:
+        for _, _, answers in answered:
+            batch = order.popleft()
+            pairs = predictions.prediction_columns(answers, batch.rows, prediction_column,
+                                                   batch.describe())
+            sink.write(batch.file, predictions.with_predictions(batch.data, pairs, id_column))
+            rows += batch.rows
+        if rows == 0:
+            _write_empty(sink, inputs, signature, prediction_column, id_column)
+        written = sink.commit()
+    progress.done()
+    return _summary("endpoint", rows, len(inputs.files), written.location, started,
+                    endpoint=endpoint, platform=platform.kind, deployment=deployment)

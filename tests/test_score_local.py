@@ -1,0 +1,276 @@
+"""`amlpromote score --model` with the local engine, end to end through the CLI.
+
+Models are real MLflow models (the heart pipeline saved with mlflow.sklearn, and hand-made
+pyfunc models with a loader module of their own); predictions are compared row by row with
+`mlflow.pyfunc.load_model(...).predict` on the same rows read by pandas. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from support import HEART_UNLABELED_CSV
+from support.cli import cli
+from support.custom_models import PYTHON
+from support.models import register_heart_model, trained_heart_model
+
+pytestmark = pytest.mark.timeout(600)
+
+# A pyfunc model with a loader module of its own (no pickle, so a spawned worker loads it):
+# "multi" answers a frame of two outputs, "raise_on_old" fails on rows with age over 65,
+# "short" answers one prediction fewer than it was given.
+_LOADER = '''
+import pandas as pd
+
+
+class _Model:
+    def __init__(self, mode):
+        self.mode = mode
+
+    def predict(self, data, params=None):
+        if self.mode == "multi":
+            return pd.DataFrame({"risk": data["age"] * 0.5, "label": data["sex"].astype(str)})
+        if self.mode == "raise_on_old":
+            if (data["age"] > 65).any():
+                raise ValueError("age over 65 is not supported")
+            return data["age"] * 2
+        if self.mode == "short":
+            return list(range(len(data) - 1))
+        raise AssertionError(self.mode)
+
+
+def _load_pyfunc(path):
+    with open(path + "/mode.txt") as handle:
+        return _Model(handle.read().strip())
+'''
+
+_SIGNATURE_INPUTS = json.dumps([{"type": "long", "name": "age", "required": True},
+                                {"type": "long", "name": "sex", "required": True}])
+_SIGNATURE_OUTPUTS = json.dumps([{"type": "double", "name": "risk", "required": True},
+                                 {"type": "string", "name": "label", "required": True}])
+
+
+def write_custom_model(folder: Path, mode: str, outputs: str | None = None) -> Path:
+    (folder / "code").mkdir(parents=True)
+    (folder / "data").mkdir()
+    (folder / "code" / "score_custom_loader.py").write_text(_LOADER)
+    (folder / "data" / "mode.txt").write_text(mode)
+    signature = f"signature:\n  inputs: '{_SIGNATURE_INPUTS}'\n"
+    if outputs:
+        signature += f"  outputs: '{outputs}'\n"
+    (folder / "MLmodel").write_text(
+        "artifact_path: model\nflavors:\n  python_function:\n    code: code\n    data: data\n"
+        f"    loader_module: score_custom_loader\n    python_version: {PYTHON}\n"
+        f"mlflow_version: 3.15.0\n{signature}")
+    return folder
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A folder of the test's own (tmp_path also holds the isolated HOME and cwd)."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def heart_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import mlflow.sklearn
+
+    model = trained_heart_model()
+    path = tmp_path_factory.mktemp("score-heart") / "model"
+    mlflow.sklearn.save_model(model.pipeline, str(path), signature=model.signature,
+                              input_example=model.example,
+                              pip_requirements=list(model.pip_requirements))
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected(heart_model: Path) -> list[Any]:
+    import mlflow.pyfunc
+
+    frame = pd.read_csv(HEART_UNLABELED_CSV)
+    return list(mlflow.pyfunc.load_model(str(heart_model)).predict(frame))
+
+
+def test_a_csv_scores_as_pyfunc_predicts_in_input_order(heart_model: Path, expected: list[Any],
+                                                        work: Path) -> None:
+    out = work / "preds.csv"
+    run = cli("score", "--model", str(heart_model), "--input", str(HEART_UNLABELED_CSV),
+              "--output", str(out), "--output", "json")
+    assert run.code == 0, run.both
+    summary = run.document
+    assert summary["status"] == "scored" and summary["rows"] == len(expected)
+    assert summary["output"] == str(out)
+    scored = pd.read_csv(out)
+    original = pd.read_csv(HEART_UNLABELED_CSV)
+    pd.testing.assert_frame_equal(scored.drop(columns=["prediction"]), original)
+    assert scored["prediction"].tolist() == expected
+    assert not [p for p in work.iterdir() if p.name != "preds.csv"]  # no temporary left
+
+
+def test_parquet_out_with_an_id_column_and_two_workers(heart_model: Path, expected: list[Any],
+                                                       work: Path) -> None:
+    source = pd.read_csv(HEART_UNLABELED_CSV)
+    source.insert(0, "patient", [f"p{i}" for i in range(len(source))])
+    big = pd.concat([source] * 30, ignore_index=True)
+    big.to_parquet(work / "in.parquet")
+    out = work / "preds.parquet"
+    run = cli("score", "--model", str(heart_model), "--input", str(work / "in.parquet"),
+              "--output", str(out), "--id-column", "patient", "--workers", "2",
+              "--batch-size", "500", "-o", "json")
+    assert run.code == 0, run.both
+    assert run.document["workers"] == 2 and run.document["rows"] == len(big)
+    scored = pd.read_parquet(out)
+    assert list(scored.columns) == ["patient", "prediction"]
+    assert scored["patient"].tolist() == big["patient"].tolist()
+    assert scored["prediction"].tolist() == expected * 30
+
+
+def test_a_registered_version_is_fetched_once_into_the_cache(work: Path,
+                                                             expected: list[Any]) -> None:
+    registry = f"sqlite:///{work / 'mlflow.db'}"
+    register_heart_model(registry, "heart-score", alias="champion")
+    first = cli("score", "--model", "heart-score@champion", "--target", registry,
+                "--input", str(HEART_UNLABELED_CSV), "--output", str(work / "a.csv"))
+    assert first.code == 0, first.both
+    assert "fetched heart-score/1 into the model cache" in first.stderr
+    again = cli("score", "--model", "heart-score/1", "--target", registry,
+                "--input", str(HEART_UNLABELED_CSV), "--output", str(work / "b.csv"))
+    assert again.code == 0, again.both
+    assert "fetched" not in again.stderr
+    assert pd.read_csv(work / "b.csv")["prediction"].tolist() == expected
+
+
+def test_missing_columns_and_wrong_types_are_listed_together(heart_model: Path,
+                                                             work: Path) -> None:
+    frame = pd.read_csv(HEART_UNLABELED_CSV).drop(columns=["chol", "thal"])
+    frame["age"] = frame["age"].astype(float) + 0.5
+    frame.to_parquet(work / "bad.parquet")
+    out = work / "preds.csv"
+    run = cli("score", "--model", str(heart_model), "--input", str(work / "bad.parquet"),
+              "--output", str(out))
+    assert run.code == 2, run.both
+    line = run.stderr.splitlines()[0]
+    assert "'chol'" in line and "'thal'" in line and "'age' is double" in line, line
+    assert not out.exists() and list(work.iterdir()) == [work / "bad.parquet"]
+
+
+def test_a_value_of_the_wrong_type_names_its_row_and_nothing_is_written(
+        heart_model: Path, work: Path) -> None:
+    lines = HEART_UNLABELED_CSV.read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[7].split(",")
+    row[header.index("age")] = "old"
+    lines[7] = ",".join(row)
+    (work / "in.csv").write_text("\n".join(lines) + "\n")
+    run = cli("score", "--model", str(heart_model), "--input", str(work / "in.csv"),
+              "--output", str(work / "out.csv"))
+    assert run.code == 2, run.both
+    assert "in.csv" in run.stderr and "age" in run.stderr and "old" in run.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["in.csv"]
+
+
+def test_a_model_of_two_outputs_gives_two_columns(work: Path) -> None:
+    model = write_custom_model(work / "multi", "multi", _SIGNATURE_OUTPUTS)
+    frame = pd.read_csv(HEART_UNLABELED_CSV)
+    run = cli("score", "--model", str(model), "--input", str(HEART_UNLABELED_CSV),
+              "--output", str(work / "out.parquet"), "--prediction-column", "p")
+    assert run.code == 0, run.both
+    scored = pd.read_parquet(work / "out.parquet")
+    assert scored.columns[-2:].tolist() == ["p_risk", "p_label"]
+    assert scored["p_risk"].tolist() == (frame["age"] * 0.5).tolist()
+    assert scored["p_label"].tolist() == frame["sex"].astype(str).tolist()
+
+
+def test_a_model_that_fails_on_some_rows_names_them_and_leaves_no_output(
+        work: Path) -> None:
+    model = write_custom_model(work / "fails", "raise_on_old")
+    # Youngest first: the rows the model refuses come after some batches it answers.
+    frame = pd.read_csv(HEART_UNLABELED_CSV).sort_values("age", kind="stable")
+    frame.to_csv(work / "by-age.csv", index=False)
+    old = int((frame["age"] > 65).to_numpy().argmax())
+    assert old >= 20
+    run = cli("score", "--model", str(model), "--input", str(work / "by-age.csv"),
+              "--output", str(work / "out.csv"), "--batch-size", "10")
+    assert run.code == 1, run.both
+    start = old // 10 * 10
+    assert f"rows {start + 1}-{start + 10} of" in run.stderr, run.stderr
+    assert "age over 65 is not supported" in run.stderr
+    assert "Traceback" not in run.both
+    assert not (work / "out.csv").exists()
+    kept = cli("score", "--model", str(model), "--input", str(work / "by-age.csv"),
+               "--output", str(work / "out.csv"), "--batch-size", "10", "--keep-partial")
+    assert kept.code == 1
+    partial = pd.read_csv(work / "out.csv.partial")
+    assert len(partial) == start  # every batch before the failing one
+
+
+def test_a_model_answering_too_few_predictions_fails(work: Path) -> None:
+    model = write_custom_model(work / "short", "short")
+    run = cli("score", "--model", str(model), "--input", str(HEART_UNLABELED_CSV),
+              "--output", str(work / "out.csv"))
+    assert run.code == 1, run.both
+    assert "answered 99 predictions for the 100 rows" in run.stderr
+
+
+def test_an_empty_input_gives_an_empty_output_with_the_columns(heart_model: Path,
+                                                               work: Path) -> None:
+    header = HEART_UNLABELED_CSV.read_text().splitlines()[0]
+    (work / "empty.csv").write_text(header + "\n")
+    run = cli("score", "--model", str(heart_model), "--input", str(work / "empty.csv"),
+              "--output", str(work / "out.parquet"), "-o", "json")
+    assert run.code == 0, run.both
+    assert run.document["rows"] == 0
+    scored = pd.read_parquet(work / "out.parquet")
+    assert len(scored) == 0
+    assert scored.columns.tolist() == [*header.split(","), "prediction"]
+
+
+def test_stdin_to_stdout_through_the_console_script(heart_model: Path,
+                                                    expected: list[Any]) -> None:
+    env = {**os.environ}
+    done = subprocess.run([str(Path(sys.executable).parent / "amlpromote"), "score", "--model",
+                           str(heart_model), "--input", "-", "--output", "-"],
+                          input=HEART_UNLABELED_CSV.read_bytes(), capture_output=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    rows = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [r["prediction"] for r in rows] == expected
+    assert rows[0]["age"] == pd.read_csv(HEART_UNLABELED_CSV)["age"][0]
+    assert b"scored 100 rows" in done.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "one of --model and --endpoint"),
+    (["--model", "m", "--endpoint", "e"], "both given"),
+    (["--model", "m", "--output", "x.csv"], "no --input"),
+    (["--model", "m", "--input", "x.csv"], "no --output destination"),
+    (["--model", "m", "--input", "x.csv", "--output", "y.csv", "--engine", "gpu"],
+     "--engine 'gpu'"),
+    (["--endpoint", "e", "--input", "x.csv", "--output", "y.csv", "--workers", "2"],
+     "--workers applies to --model"),
+    (["--model", "m", "--input", "x.csv", "--output", "a.csv", "--output", "b.csv"],
+     "two destinations"),
+    (["--model", "m", "--input", "x.csv", "--output", "-", "--output", "json"],
+     "stdout"),
+])
+def test_bad_options_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    run = cli("score", *args)
+    assert run.code == 2, run.both
+    assert message in run.stderr.splitlines()[0], run.stderr
+    assert "Traceback" not in run.both
+
+
+def test_a_folder_that_is_not_a_model_is_refused(work: Path) -> None:
+    run = cli("score", "--model", str(work), "--input", str(HEART_UNLABELED_CSV),
+              "--output", str(work / "out.csv"))
+    assert run.code == 2, run.both
+    assert "not an MLflow model folder" in run.stderr
