@@ -205,7 +205,7 @@ class RowProgress:
         self.interactive = sys.stderr.isatty()
         self.started = time.monotonic()
         self.rows = 0
-        self._shown = 0.0
+        self._shown = self.started
 
     def __call__(self, rows: int) -> None:
         self.rows += rows
@@ -222,7 +222,7 @@ class RowProgress:
             print(line, file=sys.stderr, flush=True)
 
     def done(self) -> None:
-        if self.enabled and self.interactive and self._shown:
+        if self.enabled and self.interactive and self._shown > self.started:
             print("\r\x1b[2K", end="", file=sys.stderr, flush=True)
 
 
