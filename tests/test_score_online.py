@@ -514,3 +514,69 @@ def test_box_ctrl_c_while_waiting_stops_and_reraises(front_door: Box,
     assert time.monotonic() - started < 3.0
     wait_for_no_score_threads()
     assert len(front_door.scoring_requests()) < 20
+
+
+# -- `amlpromote score --endpoint`, through the CLI ------------------------------------------
+
+
+def test_cli_scores_a_csv_through_the_local_endpoint(local: Local, tmp_path: Path,
+                                                     heart_frame: pd.DataFrame) -> None:
+    rows = heart_rows(heart_frame, 730)
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    before = local.requests_served()
+    run = cli("score", "--endpoint", ENDPOINT, "--local", "--input", str(tmp_path / "in.csv"),
+              "--output", str(tmp_path / "out.parquet"), "--batch-size", "50",
+              "--concurrency", "3", "-o", "json")
+    assert run.code == 0, run.both
+    assert run.document["rows"] == 730 and run.document["mode"] == "endpoint"
+    scored = pd.read_parquet(tmp_path / "out.parquet")
+    assert scored["prediction"].tolist() == trained_heart_model().pipeline.predict(
+        rows).tolist()
+    pd.testing.assert_frame_equal(scored.drop(columns=["prediction"]), rows)
+    assert local.requests_served() - before == 15  # 730 rows in requests of 50
+    assert local.key not in run.both
+
+
+def test_cli_signature_problems_send_nothing(local: Local, tmp_path: Path,
+                                             heart_frame: pd.DataFrame) -> None:
+    heart_frame.drop(columns=["age", "thal"]).to_csv(tmp_path / "in.csv", index=False)
+    before = local.requests_served()
+    run = cli("score", "--endpoint", ENDPOINT, "--local", "--input", str(tmp_path / "in.csv"),
+              "--output", str(tmp_path / "out.csv"))
+    assert run.code == 2, run.both
+    assert "'age'" in run.stderr and "'thal'" in run.stderr
+    assert local.requests_served() == before
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_cli_unknown_endpoint_and_deployment(local: Local, tmp_path: Path,
+                                             heart_frame: pd.DataFrame) -> None:
+    heart_frame.to_csv(tmp_path / "in.csv", index=False)
+    missing = cli("score", "--endpoint", "no-such-endpoint", "--local", "--input",
+                  str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"))
+    assert missing.code == 3, missing.both
+    assert "no endpoint 'no-such-endpoint'" in missing.stderr
+    purple = cli("score", "--endpoint", ENDPOINT, "--local", "--deployment", "purple",
+                 "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"))
+    assert purple.code == 2, purple.both
+    assert "no deployment 'purple'" in purple.stderr and "blue" in purple.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_cli_scores_through_the_box_over_a_flaky_front_door(
+        front_door: Box, tmp_path: Path, heart_frame: pd.DataFrame) -> None:
+    rows = heart_rows(heart_frame, 300)
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    front_door.box.inject_fault(route="scoring", status=503, times=2, after=1)
+    front_door.box.inject_fault(route="scoring", status=429, retry_after=1, times=1, after=4)
+    run = cli("score", "--endpoint", ENDPOINT, *COORDINATES, "--input",
+              str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"),
+              "--batch-size", "40", "--concurrency", "2", "-o", "json")
+    assert run.code == 0, run.both
+    scored = pd.read_csv(tmp_path / "out.csv")
+    assert scored["prediction"].tolist() == trained_heart_model().pipeline.predict(
+        rows).tolist()
+    statuses = [r.status for r in front_door.scoring_requests()]
+    assert statuses.count(503) == 2 and statuses.count(429) == 1, statuses
+    assert statuses.count(200) == 8  # 300 rows in requests of 40
+    assert front_door.key not in run.both

@@ -15,6 +15,7 @@ and through an endpoint, whose JSON would otherwise turn them into ints again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,7 @@ def read_signature(model_dir: Path) -> Signature:
 # -- MLflow types and arrow types ------------------------------------------------------------
 
 
+@functools.cache
 def arrow_type(mlflow_type: str) -> pa.DataType:
     """The arrow type a column of this MLflow type is read as (what its pandas dtype is)."""
     import pyarrow as pa
