@@ -25,8 +25,10 @@ pytestmark = pytest.mark.timeout(600)
 
 # A pyfunc model with a loader module of its own (no pickle, so a spawned worker loads it):
 # "multi" answers a frame of two outputs, "raise_on_old" fails on rows with age over 65,
-# "short" answers one prediction fewer than it was given.
+# "short" answers one prediction fewer than it was given, "slow" takes 50 ms a call.
 _LOADER = '''
+import time
+
 import pandas as pd
 
 
@@ -43,6 +45,9 @@ class _Model:
             return data["age"] * 2
         if self.mode == "short":
             return list(range(len(data) - 1))
+        if self.mode == "slow":
+            time.sleep(0.05)
+            return data["age"] * 2
         raise AssertionError(self.mode)
 
 
@@ -57,7 +62,8 @@ _SIGNATURE_OUTPUTS = json.dumps([{"type": "double", "name": "risk", "required": 
                                  {"type": "string", "name": "label", "required": True}])
 
 
-def write_custom_model(folder: Path, mode: str, outputs: str | None = None) -> Path:
+def write_custom_model(folder: Path, mode: str, outputs: str | None = None,
+                       loader: str = "score_custom_loader") -> Path:
     (folder / "code").mkdir(parents=True)
     (folder / "data").mkdir()
     (folder / "code" / "score_custom_loader.py").write_text(_LOADER)
@@ -67,7 +73,7 @@ def write_custom_model(folder: Path, mode: str, outputs: str | None = None) -> P
         signature += f"  outputs: '{outputs}'\n"
     (folder / "MLmodel").write_text(
         "artifact_path: model\nflavors:\n  python_function:\n    code: code\n    data: data\n"
-        f"    loader_module: score_custom_loader\n    python_version: {PYTHON}\n"
+        f"    loader_module: {loader}\n    python_version: {PYTHON}\n"
         f"mlflow_version: 3.15.0\n{signature}")
     return folder
 
@@ -274,3 +280,56 @@ def test_a_folder_that_is_not_a_model_is_refused(work: Path) -> None:
               "--output", str(work / "out.csv"))
     assert run.code == 2, run.both
     assert "not an MLflow model folder" in run.stderr
+
+
+def test_a_model_that_cannot_load_names_the_missing_package(work: Path) -> None:
+    model = write_custom_model(work / "unloadable", "multi", loader="amlpromote_no_such_flavor")
+    run = cli("score", "--model", str(model), "--input", str(HEART_UNLABELED_CSV),
+              "--output", str(work / "out.csv"))
+    assert run.code == 1, run.both
+    assert "amlpromote_no_such_flavor" in run.stderr.splitlines()[0], run.stderr
+    assert "Traceback" not in run.both and not (work / "out.csv").exists()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_mid_run_leaves_no_output_and_no_workers(work: Path, workers: str) -> None:
+    import signal
+    import time
+
+    model = write_custom_model(work / "slow", "slow")
+    frame = pd.concat([pd.read_csv(HEART_UNLABELED_CSV)] * 40, ignore_index=True)
+    frame.to_csv(work / "in.csv", index=False)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "amlpromote"), "score",
+                             "--model", str(model), "--input", str(work / "in.csv"),
+                             "--output", str(work / "out.csv"), "--batch-size", "10",
+                             "--workers", workers],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(".partial-" in p.name for p in work.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)  # some batches written
+    workers_seen = children_of(proc.pid)
+    assert len(workers_seen) >= (2 if workers == "2" else 0), workers_seen
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert "SIGTERM" in err.decode() and b"Traceback" not in err
+    assert sorted(p.name for p in work.iterdir()) == ["in.csv", "slow"]
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers_seen):
+        assert time.monotonic() < deadline, "workers outlived the command"
+        time.sleep(0.1)
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                found.append(int(entry.name))
+    return found
