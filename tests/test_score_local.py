@@ -333,3 +333,18 @@ def children_of(parent: int) -> list[int]:
             if int(fields[1]) == parent:
                 found.append(int(entry.name))
     return found
+
+
+def test_from_source_reads_the_source_registry(work: Path, expected: list[Any]) -> None:
+    source = f"sqlite:///{work / 'source.db'}"
+    register_heart_model(source, "heart-in-source", alias=None)
+    run = cli("score", "--model", "heart-in-source/1", "--from", "source", "--source", source,
+              "--input", str(HEART_UNLABELED_CSV), "--output", str(work / "out.csv"))
+    assert run.code == 0, run.both
+    assert pd.read_csv(work / "out.csv")["prediction"].tolist() == expected
+    missing = cli("score", "--model", "heart-in-source/1", "--input", str(HEART_UNLABELED_CSV),
+                  "--output", str(work / "other.csv"), "--target", source.replace(
+                      "source.db", "empty.db"))
+    assert missing.code == 3, missing.both
+    assert not (work / "other.csv").exists()
+    assert not (work / "empty.db").exists()  # reading a registry never creates one

@@ -580,3 +580,14 @@ def test_cli_scores_through_the_box_over_a_flaky_front_door(
     assert statuses.count(503) == 2 and statuses.count(429) == 1, statuses
     assert statuses.count(200) == 8  # 300 rows in requests of 40
     assert front_door.key not in run.both
+
+
+def test_box_a_request_timing_out_twice_is_split(front_door: Box,
+                                                 heart_frame: pd.DataFrame) -> None:
+    rows = heart_rows(heart_frame, 80)
+    front_door.box.inject_fault(route="scoring", status=408, times=2)
+    scorer = OnlineScorer(front_door.scoring_uri, fixed(front_door.key), batch_size=80,
+                          concurrency=1)
+    answered = list(scorer.predict([("rows.csv", 0, rows)]))
+    assert answered == [("rows.csv", 0, trained_heart_model().pipeline.predict(rows).tolist())]
+    assert [r.status for r in front_door.scoring_requests()] == [408, 408, 200, 200]

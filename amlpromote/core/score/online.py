@@ -16,7 +16,9 @@ What is retried, and why:
   behind the front door; any other 424 is the model failing on these rows, and retrying the
   same rows gives the same failure;
 - 413: not retried as such, the rows are split in two and both halves sent (a body we can
-  tell is over Azure ML's 1.5 MB limit is split before it is sent at all);
+  tell is over Azure ML's 1.5 MB limit is split before it is sent at all); a request of more
+  than one row answered 408 twice is split the same way (smaller requests may fit the
+  deployment's request timeout);
 - 401: the key or token is fetched again once (tokens expire during long runs).
 
 The first failure that is not retried (or retried `max_attempts` times) stops the run: nothing
@@ -441,6 +443,10 @@ class _Run:
                     f"{_message(content)}",
                     hint="the identity needs permission to score on this endpoint")
             if status == 413:
+                raise _TooLarge()
+            if status == 408 and piece.rows > 1 and attempt >= 2:
+                # Twice too slow for the deployment's request timeout: smaller requests may
+                # fit it (a 5 s default on Azure ML), as a 413's halves fit the size limit.
                 raise _TooLarge()
             if status == 404:
                 raise NotFound(
