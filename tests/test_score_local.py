@@ -258,17 +258,19 @@ def test_stdin_to_stdout_through_the_console_script(heart_model: Path,
     ([], "one of --model and --endpoint"),
     (["--model", "m", "--endpoint", "e"], "both given"),
     (["--model", "m", "--output", "x.csv"], "no --input"),
-    (["--model", "m", "--input", "x.csv"], "no --output destination"),
-    (["--model", "m", "--input", "x.csv", "--output", "y.csv", "--engine", "gpu"],
+    (["--model", "m", "--input", "README.md"], "no --output destination"),
+    (["--model", "m", "--input", "README.md", "--output", "y.csv", "--engine", "gpu"],
      "--engine 'gpu'"),
-    (["--endpoint", "e", "--input", "x.csv", "--output", "y.csv", "--workers", "2"],
+    (["--endpoint", "e", "--input", "README.md", "--output", "y.csv", "--workers", "2"],
      "--workers applies to --model"),
-    (["--model", "m", "--input", "x.csv", "--output", "a.csv", "--output", "b.csv"],
+    (["--model", "m", "--input", "README.md", "--output", "a.csv", "--output", "b.csv"],
      "two destinations"),
-    (["--model", "m", "--input", "x.csv", "--output", "-", "--output", "json"],
+    (["--model", "m", "--input", "README.md", "--output", "-", "--output", "json"],
      "stdout"),
 ])
-def test_bad_options_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+def test_bad_options_are_one_line_and_exit_2(args: list[str], message: str,
+                                             work: Path) -> None:
+    (Path.cwd() / "README.md").write_text("an input that exists\n")
     run = cli("score", *args)
     assert run.code == 2, run.both
     assert message in run.stderr.splitlines()[0], run.stderr
@@ -348,3 +350,10 @@ def test_from_source_reads_the_source_registry(work: Path, expected: list[Any]) 
     assert missing.code == 3, missing.both
     assert not (work / "other.csv").exists()
     assert not (work / "empty.db").exists()  # reading a registry never creates one
+
+
+def test_a_missing_input_is_reported_before_any_registry_is_read(work: Path) -> None:
+    run = cli("score", "--model", "heart/1", "--target", f"sqlite:///{work / 'none.db'}",
+              "--input", str(work / "nope.csv"), "--output", str(work / "out.csv"))
+    assert run.code == 3, run.both
+    assert "--input" in run.stderr and "nope.csv" in run.stderr

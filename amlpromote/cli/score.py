@@ -242,6 +242,13 @@ def _check_options(*, input_spec: str | None, destination: str | None, model: st
         raise BadInput("no --input given",
                        hint="a CSV, parquet or JSON-lines file, a folder of them, or - for CSV "
                             "on stdin")
+    remote = "://" in input_spec or input_spec.startswith("dbfs:")  # Spark reads those
+    if input_spec != "-" and not remote and not Path(input_spec).expanduser().exists():
+        from amlpromote.core.errors import NotFound
+
+        raise NotFound(f"--input {input_spec}: no such file or folder",
+                       hint="a CSV, parquet or JSON-lines file, a folder of them, or - for CSV "
+                            "on stdin")
     if not destination:
         raise BadInput("no --output destination given",
                        hint="a .csv or .parquet file, a folder, or - for JSON lines on stdout")
