@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import requests
-from support.models import trained_heart_model
+from support.models import save_heart_model, trained_heart_model
 
 from amlpromote.core.deploy import scoring
 from amlpromote.core.deploy.local import state as st
@@ -54,14 +54,7 @@ def split_body(frame: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def heart_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import mlflow.sklearn
-
-    model = trained_heart_model()
-    path = tmp_path_factory.mktemp("heart-model") / "model"
-    mlflow.sklearn.save_model(model.pipeline, str(path), signature=model.signature,
-                              input_example=model.example,
-                              pip_requirements=list(model.pip_requirements))
-    return path
+    return save_heart_model(tmp_path_factory.mktemp("heart-model") / "model")
 
 
 def stop_all(platform: LocalPlatform) -> None:

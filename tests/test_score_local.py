@@ -19,7 +19,7 @@ import pytest
 from support import HEART_UNLABELED_CSV
 from support.cli import cli
 from support.custom_models import PYTHON
-from support.models import register_heart_model, trained_heart_model
+from support.models import register_heart_model, save_heart_model
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -88,14 +88,7 @@ def work(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def heart_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import mlflow.sklearn
-
-    model = trained_heart_model()
-    path = tmp_path_factory.mktemp("score-heart") / "model"
-    mlflow.sklearn.save_model(model.pipeline, str(path), signature=model.signature,
-                              input_example=model.example,
-                              pip_requirements=list(model.pip_requirements))
-    return path
+    return save_heart_model(tmp_path_factory.mktemp("score-heart") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from azureml_box.testing import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, BoxWorkspaces
 from support.cli import cli
-from support.models import register_heart_model, trained_heart_model
+from support.models import register_heart_model, save_heart_model, trained_heart_model
 
 from amlpromote.core.deploy.local import state as st
 from amlpromote.core.deploy.local.platform import LocalPlatform
@@ -170,14 +170,7 @@ class Local:
 
 @pytest.fixture(scope="module")
 def heart_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import mlflow.sklearn
-
-    model = trained_heart_model()
-    path = tmp_path_factory.mktemp("online-heart-model") / "model"
-    mlflow.sklearn.save_model(model.pipeline, str(path), signature=model.signature,
-                              input_example=model.example,
-                              pip_requirements=list(model.pip_requirements))
-    return path
+    return save_heart_model(tmp_path_factory.mktemp("online-heart-model") / "model")
 
 
 def _spec(name: str, path: Path) -> DeploymentSpec:

@@ -36,6 +36,7 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import _benchlib as lib  # noqa: E402
+import serve  # noqa: E402  (the heart model and the local endpoint of the serve benchmark)
 
 HEART_FEATURES = lib.REPO / "examples" / "heart" / "heart-unlabeled-0.csv"
 
@@ -100,19 +101,6 @@ def make_csv(path: Path, rows: int) -> None:
             part = chunk.slice(0, min(chunk.num_rows, rows - written))
             writer.write_table(part)
             written += part.num_rows
-
-
-def save_model(root: Path) -> Path:
-    sys.path.insert(0, str(lib.REPO / "tests"))
-    import mlflow.sklearn
-    from support.models import trained_heart_model
-
-    model = trained_heart_model()
-    path = root / "heart-model"
-    mlflow.sklearn.save_model(model.pipeline, str(path), signature=model.signature,
-                              input_example=model.example,
-                              pip_requirements=list(model.pip_requirements))
-    return path
 
 
 def check_same(ours: Path, theirs: Path, rows: int) -> None:
@@ -185,9 +173,6 @@ def bench_files(root: Path, model: Path, sizes: list[int], spark: bool) -> tuple
 def bench_online(root: Path, model: Path, rows: int) -> tuple[list, list]:
     import pandas as pd
 
-    sys.path.insert(0, str(lib.REPO / "scripts" / "bench"))
-    import serve
-
     frame = pd.read_csv(HEART_FEATURES)
     big = pd.concat([frame] * (rows // len(frame) + 1), ignore_index=True).head(rows)
     data = root / "online.csv"
@@ -245,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"amlpromote score vs mlflow models predict --env-manager local: heart pipeline, "
           f"{os.cpu_count()} CPUs; whole commands, imports and model loading included")
     with lib.temp_root("amlpromote-score-bench-") as root:
-        model = save_model(root)
+        model = serve.save_heart_model(root)
         files, goals = bench_files(root, model, sizes, spark)
         print()
         print(lib.table(["input", "command", "seconds", "rows/s", "peak MiB (tree)"], files))

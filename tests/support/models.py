@@ -126,6 +126,18 @@ def trained_heart_model() -> TrainedHeartModel:
     )
 
 
+def save_heart_model(path: Path) -> Path:
+    """The heart pipeline saved at `path` as an MLflow model folder (signature, input example,
+    pinned requirements), as the deploy and score tests serve it."""
+    import mlflow.sklearn
+
+    model = trained_heart_model()
+    mlflow.sklearn.save_model(model.pipeline, str(path), signature=model.signature,
+                              input_example=model.example,
+                              pip_requirements=list(model.pip_requirements))
+    return path
+
+
 @contextlib.contextmanager
 def mlflow_global_state_preserved() -> Iterator[None]:
     """Restore MLflow's global URIs, active experiment and related env vars on exit.

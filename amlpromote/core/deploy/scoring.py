@@ -223,7 +223,7 @@ def jsonable(result: Any) -> Any:
     return result
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     # numpy scalars and arrays nested in dicts/lists, timestamps: what mlflow's NumpyEncoder does
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -233,7 +233,7 @@ def _json_default(value: Any) -> Any:
 
 
 def predictions_body(result: Any) -> bytes:
-    return json.dumps(jsonable(result), default=_json_default).encode()
+    return json.dumps(jsonable(result), default=json_default).encode()
 
 
 Predict = Callable[[Any, "dict[str, Any] | None"], Any]

@@ -49,6 +49,7 @@ from amlpromote.core.deploy.scoring import (
     DEPLOYMENT_HEADER,
     MAX_PAYLOAD_BYTES,
     MODEL_ERROR_STATUS_HEADER,
+    json_default,
 )
 from amlpromote.core.errors import AuthFailed, BadInput, NotFound, OperationFailed, Unreachable
 
@@ -563,14 +564,11 @@ def _json_scalar(value: Any) -> Any:
 
 
 def _json_default(value: Any) -> Any:
-    # Values nested in cells (lists, arrays, numpy scalars in object columns).
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
+    # Values nested in cells (lists, arrays, numpy scalars in object columns): the scoring
+    # contract's encoder, plus the decimals a parquet file may hold.
     if isinstance(value, decimal.Decimal):
         return float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return json_default(value)
 
 
 def _message(content: bytes) -> str:
