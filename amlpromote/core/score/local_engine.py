@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -104,9 +106,49 @@ def check_loads(model_dir: Path) -> None:
                                              "through an endpoint") from None
 
 
+_DONE = object()
+
+
+def _read_ahead(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """`items`, produced by a thread of their own up to `depth` ahead: reading and parsing the
+    next batch (pyarrow, which releases the GIL) overlaps the model's predict on this one.
+    The producer's exception is raised here, at its place in the order."""
+    ahead: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ahead.put((True, item), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put((True, _DONE))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            ahead.put((False, exc))
+
+    thread = threading.Thread(target=produce, name="score-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = ahead.get()
+            if not ok:
+                raise item
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def _results(model_dir: Path, batches: Iterable[Batch], signature: Signature, base: str,
              workers: int) -> Iterator[tuple[Batch, tuple[str, Any]]]:
-    items = ((batch, conform(batch.data, signature, batch.describe())) for batch in batches)
+    items = _read_ahead((batch, conform(batch.data, signature, batch.describe()))
+                        for batch in batches)
     if workers <= 1:
         for batch, data in items:
             yield batch, _predict(str(model_dir), data, base, batch.describe())
