@@ -69,7 +69,7 @@ Examples:
 # (each imports mlflow and loads the model, seconds) costs more than it saves.
 PARALLEL_INPUT_BYTES = 64 * 1024 * 1024
 LOCAL_BATCH_ROWS = 200_000
-ONLINE_BATCH_ROWS = 1000
+ONLINE_BATCH_ROWS = 2000
 
 
 def register(app: typer.Typer) -> None:
@@ -123,7 +123,7 @@ def score(
         show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, max=1_000_000,
-        help="Rows per request (endpoint, default 1,000, halved while the endpoint answers 413 "
+        help="Rows per request (endpoint, default 2,000, halved while the endpoint answers 413 "
              "or times out) or per model call (local, default 200,000).",
         show_default=False)] = None,
     concurrency: Annotated[int, typer.Option(
