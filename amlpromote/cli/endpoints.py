@@ -96,14 +96,9 @@ def _platform(local: bool, target: str | None, profile: str | None, workspace: s
 
 
 def _endpoint(platform: EndpointPlatform, name: str) -> Any:
-    from amlpromote.core.errors import NotFound
+    from amlpromote.core.deploy.where import require_endpoint
 
-    found = platform.get_endpoint(name)
-    if found is None:
-        where = "on this machine" if platform.kind == "local" else "in the workspace"
-        raise NotFound(f"no endpoint '{name}' {where}",
-                       hint="amlpromote endpoints list shows the endpoints")
-    return found
+    return require_endpoint(platform, name)
 
 
 def list_endpoints(

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -70,28 +71,24 @@ Examples:
 PARALLEL_INPUT_BYTES = 64 * 1024 * 1024
 LOCAL_BATCH_ROWS = 200_000
 ONLINE_BATCH_ROWS = 2000
+# The values of --output that are a result format, not a destination.
+MODES = ("json", "human")
 
 
 def register(app: typer.Typer) -> None:
     app.command("score", help=HELP)(score)
 
 
-def split_output(values: list[str]) -> tuple[str | None, str | None]:
-    """--output's values: (data destination, mode)."""
+def destination_of(values: list[str]) -> str | None:
+    """The rows' destination among --output's values (the others are result formats)."""
     from amlpromote.core.errors import BadInput
 
-    destinations: list[str] = []
-    mode = None
-    for value in values:
-        if value.strip().lower() in ("json", "human"):
-            mode = value.strip().lower()
-        else:
-            destinations.append(value)
+    destinations = [value for value in values if value.strip().lower() not in MODES]
     if len(destinations) > 1:
         raise BadInput(f"--output names two destinations: {destinations[0]} and "
                        f"{destinations[1]}",
                        hint="give one file or folder (and --output json for the summary)")
-    return (destinations[0] if destinations else None), mode
+    return destinations[0] if destinations else None
 
 
 def score(
@@ -159,16 +156,9 @@ def score(
 ) -> None:
     from amlpromote.cli.runner import make_output, run
 
-    destination, mode = None, None
-    try:
-        destination, mode = split_output(output_values or [])
-    except Exception as exc:  # reported once the output object exists
-        problem: Exception | None = exc
-    else:
-        problem = None
-    out = make_output(ctx, mode, quiet, verbose)
-    if problem is not None:
-        run(out, lambda: _raise(problem))
+    modes = [v.strip().lower() for v in output_values or [] if v.strip().lower() in MODES]
+    out = make_output(ctx, modes[-1] if modes else None, quiet, verbose)
+    destination = run(out, lambda: destination_of(output_values or []))
     options: dict[str, Any] = dict(input_spec=input_spec, destination=destination, model=model,
                    endpoint=endpoint, engine=engine, from_=from_, workers=workers,
                    batch_size=batch_size, concurrency=concurrency, deployment=deployment,
@@ -180,10 +170,6 @@ def score(
                             "registry": registry, "credential": credential})
     summary = run(out, lambda: _score(out, **options))
     _render(out, summary, destination)
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc
 
 
 def _render(out: Output, summary: dict[str, Any], destination: str | None) -> None:
@@ -314,19 +300,15 @@ def _score(out: Output, *, input_spec: str | None, destination: str | None,
                             profile=profile, targets=targets, prediction_column=prediction_column,
                             id_column=id_column, output_format=output_format,
                             keep_partial=keep_partial, master=spark_master, started=started)
-    from amlpromote.core.score import tables
-
     if model is not None:
-        model_dir = _model_folder(out, model, from_, source, profile, targets, dry=True)
-        signature = _signature_of_folder(model_dir) if model_dir else None
         # The version is found (and its signature read) before any input is opened; a
         # registered version is fetched only once the input and output were checked.
-        return _score_local(out, model, model_dir, signature, input_spec, destination,
-                            from_=from_, source=source, profile=profile, targets=targets,
-                            workers=workers, batch_size=batch_size or LOCAL_BATCH_ROWS,
+        found = _find_model(model, from_, source, profile, targets)
+        return _score_local(out, found, input_spec, destination, workers=workers,
+                            batch_size=batch_size or LOCAL_BATCH_ROWS,
                             prediction_column=prediction_column, id_column=id_column,
                             output_format=output_format, keep_partial=keep_partial,
-                            started=started, tables=tables)
+                            started=started)
     assert endpoint is not None
     return _score_online(out, endpoint, input_spec, destination, deployment=deployment,
                          local=local, profile=profile, targets=targets,
@@ -339,87 +321,94 @@ def _score(out: Output, *, input_spec: str | None, destination: str | None,
 # -- the model ---------------------------------------------------------------------------------
 
 
-def _is_model_folder(ref: str) -> Path | None:
+@dataclass
+class _FoundModel:
+    """The model to score with: a local folder, or a registered version (its files read
+    through `files`, whose listing the fetch into the cache reuses)."""
+
+    signature: Signature
+    folder: Path | None = None
+    located: Any = None
+    files: Any = None
+
+
+def _local_folder(ref: str) -> Path | None:
+    """REF as a local MLflow model folder; None when it names no path (a registered version)."""
     path = Path(ref).expanduser()
     if path.is_dir() and (path / "MLmodel").is_file():
         return path.resolve()
+    if path.exists():
+        from amlpromote.core.errors import BadInput
+
+        raise BadInput(f"{ref} is not an MLflow model folder (it has no MLmodel file)",
+                       hint="pass the folder that holds MLmodel, or a registered version "
+                            "(NAME/VERSION)")
     return None
 
 
-def _locate(model: str, from_: str, source: str | None, profile: str | None,
-            targets: dict[str, str | None]) -> Any:
+def _find_model(model: str, from_: str, source: str | None, profile: str | None,
+                targets: dict[str, str | None]) -> _FoundModel:
     from amlpromote.core import config as cfg
     from amlpromote.core.deploy import fetch as fetching
+    from amlpromote.core.deploy.where import default_profile
     from amlpromote.core.errors import BadInput
     from amlpromote.core.refs import parse_model_ref
+    from amlpromote.core.score.signature import parse_mlmodel, read_signature
     from amlpromote.core.settings import resolve_target
     from amlpromote.core.uris import parse_registry_uri
 
+    folder = _local_folder(model)
+    if folder is not None:
+        return _FoundModel(read_signature(folder), folder=folder)
     model_ref = parse_model_ref(model)
-    profile_name = profile or cfg.DEFAULT_PROFILE
-    values = cfg.load_config().profile(profile_name, required=profile is not None)
+    _, values = default_profile(profile)
     if from_ == "source":
         src = cfg.resolve("source", source, values)
         if not src.value:
             raise BadInput("--from source: no source registry given",
                            hint="pass --source URI, set AMLPROMOTE_SOURCE, or configure a "
                                 "profile")
-        uri = parse_registry_uri(src.value, "source")
-        return fetching.locate(uri, "source", model_ref)
-    choice = resolve_target(targets, values)
-    return fetching.locate(choice.registry_uri(), "target", model_ref)
-
-
-def _model_folder(out: Output, model: str, from_: str, source: str | None,
-                  profile: str | None, targets: dict[str, str | None],
-                  dry: bool = False) -> Path | None:
-    """A local model folder as it is; a registered version from the cache (fetched once, by
-    digest). With dry=True only a local folder is returned (None for a registered version)."""
-    folder = _is_model_folder(model)
-    if folder is not None or dry:
-        if folder is None and Path(model).expanduser().exists():
-            from amlpromote.core.errors import BadInput
-
-            raise BadInput(f"{model} is not an MLflow model folder (it has no MLmodel file)",
-                           hint="pass the folder that holds MLmodel, or a registered version "
-                                "(NAME/VERSION)")
-        return folder
-    from amlpromote.core.deploy import fetch as fetching
-
-    located = _locate(model, from_, source, profile, targets)
-    fetched = fetching.fetch(located, fetching.RegistryModelFiles(located), out.progress())
-    if fetched.downloaded:
-        out.note(f"fetched {located.name}/{located.number} into the model cache")
-    return fetched.path
-
-
-def _signature_of_folder(folder: Path) -> Signature:
-    from amlpromote.core.score.signature import read_signature
-
-    return read_signature(folder)
-
-
-def _signature_of_version(model: str, from_: str, source: str | None, profile: str | None,
-                          targets: dict[str, str | None]) -> tuple[Any, Signature]:
-    from amlpromote.core.deploy import fetch as fetching
-    from amlpromote.core.score.signature import parse_mlmodel
-
-    located = _locate(model, from_, source, profile, targets)
+        located = fetching.locate(parse_registry_uri(src.value, "source"), "source", model_ref)
+    else:
+        located = fetching.locate(resolve_target(targets, values).registry_uri(), "target",
+                                  model_ref)
     files = fetching.RegistryModelFiles(located)
-    return located, parse_mlmodel(files.read("MLmodel").decode("utf-8", "replace"))
+    signature = parse_mlmodel(files.read("MLmodel").decode("utf-8", "replace"))
+    return _FoundModel(signature, located=located, files=files)
+
+
+def _model_folder(out: Output, found: _FoundModel) -> Path:
+    """The model's folder: a local one as it is, a registered version from the cache (fetched
+    once, by digest)."""
+    if found.folder is not None:
+        return found.folder
+    from amlpromote.core.deploy import fetch as fetching
+
+    fetched = fetching.fetch(found.located, found.files, out.progress())
+    if fetched.downloaded:
+        out.note(f"fetched {found.located.name}/{found.located.number} into the model cache")
+    return fetched.path
 
 
 # -- local engine ------------------------------------------------------------------------------
 
 
-def _open_checked(out: Output, signature: Signature, input_spec: str, destination: str,
-                  output_format: str | None, tables: Any) -> InputSet:
-    from amlpromote.core.score.signature import arrow_types, check_columns
+def _open_checked(out: Output, signatures: list[tuple[str, Signature]], input_spec: str,
+                  destination: str, output_format: str | None) -> InputSet:
+    """The input opened with the first signature's types and checked against every one
+    (`(name, signature)`: one per answering deployment, or one with no name), and the output
+    checked; nothing is written."""
+    from amlpromote.core.score import tables
+    from amlpromote.core.score.signature import Signature, arrow_types, check_columns
 
-    for note in signature.notes:
+    first = signatures[0][1] if signatures else Signature()
+    for note in first.notes:
         out.note(f"note: {note}")
-    inputs: InputSet = tables.open_input(input_spec, arrow_types(signature) or None)
-    check_columns(inputs.schema, signature, "the input" if input_spec == "-" else input_spec)
+    inputs: InputSet = tables.open_input(input_spec, arrow_types(first) or None)
+    where = "the input" if input_spec == "-" else input_spec
+    for name, signature in signatures:
+        check_columns(inputs.schema, signature,
+                      where + (f" (deployment {name})" if len(signatures) > 1 else ""))
     tables.check_output(destination, inputs, output_format)
     return inputs
 
@@ -446,21 +435,16 @@ def _default_workers(inputs: InputSet) -> int:
     return max(1, (os.cpu_count() or 1) // 2) if size > PARALLEL_INPUT_BYTES else 1
 
 
-def _score_local(out: Output, model: str, model_dir: Path | None,
-                 signature: Signature | None, input_spec: str, destination: str, *,
-                 from_: str, source: str | None, profile: str | None,
-                 targets: dict[str, str | None], workers: int | None, batch_size: int,
-                 prediction_column: str, id_column: str | None, output_format: str | None,
-                 keep_partial: bool, started: float, tables: Any) -> dict[str, Any]:
-    from amlpromote.core.score import local_engine
+def _score_local(out: Output, found: _FoundModel, input_spec: str, destination: str, *,
+                 workers: int | None, batch_size: int, prediction_column: str,
+                 id_column: str | None, output_format: str | None, keep_partial: bool,
+                 started: float) -> dict[str, Any]:
+    from amlpromote.core.score import local_engine, tables
 
-    if signature is None:  # a registered version: its MLmodel first, its files later
-        _, signature = _signature_of_version(model, from_, source, profile, targets)
-    inputs = _open_checked(out, signature, input_spec, destination, output_format, tables)
+    signature = found.signature
+    inputs = _open_checked(out, [("", signature)], input_spec, destination, output_format)
     _check_id_column(inputs, id_column)
-    if model_dir is None:
-        model_dir = _model_folder(out, model, from_, source, profile, targets)
-    assert model_dir is not None
+    model_dir = _model_folder(out, found)
     count = workers or _default_workers(inputs)
     if count == 1:
         local_engine.check_loads(model_dir)
@@ -513,12 +497,11 @@ def _score_spark(out: Output, model: str, input_spec: str, destination: str, *, 
                  source: str | None, profile: str | None, targets: dict[str, str | None],
                  prediction_column: str, id_column: str | None, output_format: str | None,
                  keep_partial: bool, master: str, started: float) -> dict[str, Any]:
-    from amlpromote.core.score.signature import read_signature
     from amlpromote.core.score.spark_engine import score_on_spark
 
-    model_dir = _model_folder(out, model, from_, source, profile, targets)
-    assert model_dir is not None
-    signature = read_signature(model_dir)
+    found = _find_model(model, from_, source, profile, targets)
+    model_dir = _model_folder(out, found)
+    signature = found.signature
     for note in signature.notes:
         out.note(f"note: {note}")
     if output_format == "jsonl":
@@ -594,29 +577,23 @@ def _score_online(out: Output, endpoint: str, input_spec: str, destination: str,
     import collections
     import contextlib
 
-    from amlpromote.core.deploy.where import default_profile, open_platform, resolve_deploy_target
-    from amlpromote.core.errors import NotFound
+    from amlpromote.core.deploy.where import (
+        default_profile,
+        open_platform,
+        require_endpoint,
+        resolve_deploy_target,
+    )
     from amlpromote.core.score import predictions, tables
     from amlpromote.core.score.online import OnlineScorer
-    from amlpromote.core.score.signature import Signature, arrow_types, check_columns, conform
+    from amlpromote.core.score.signature import Signature, conform
 
     _, values = default_profile(profile)
     where = resolve_deploy_target(targets, values, local)
     platform = open_platform(where)
-    info = platform.get_endpoint(endpoint)
-    if info is None:
-        place = "on this machine" if platform.kind == "local" else "in the workspace"
-        raise NotFound(f"no endpoint '{endpoint}' {place}",
-                       hint="amlpromote endpoints list shows the endpoints")
+    info = require_endpoint(platform, endpoint)
     signatures = _endpoint_signatures(platform, info, deployment, where)
     signature = signatures[0][1] if signatures else Signature()
-    for note in signature.notes:
-        out.note(f"note: {note}")
-    inputs = tables.open_input(input_spec, arrow_types(signature) or None)
-    for name, each in signatures:
-        check_columns(inputs.schema, each, ("the input" if input_spec == "-" else input_spec)
-                      + (f" (deployment {name})" if len(signatures) > 1 else ""))
-    tables.check_output(destination, inputs, output_format)
+    inputs = _open_checked(out, signatures, input_spec, destination, output_format)
     _check_id_column(inputs, id_column)
     scorer = OnlineScorer(info.scoring_uri, lambda: platform.get_key(endpoint), deployment,
                           batch_size=batch_size, concurrency=concurrency)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from amlpromote.core import config as cfg
 from amlpromote.core.azure.connection import PROVIDER, AzureMlScope
-from amlpromote.core.deploy.platform import EndpointPlatform
-from amlpromote.core.errors import BadInput
+from amlpromote.core.deploy.platform import EndpointInfo, EndpointPlatform
+from amlpromote.core.errors import BadInput, NotFound
 from amlpromote.core.settings import ENDPOINT_NAME, TargetChoice, resolve_target
 from amlpromote.core.uris import RegistryUri
 
@@ -117,6 +117,16 @@ def open_platform(target: DeployTarget) -> EndpointPlatform:
     assert target.subscription and target.resource_group and target.workspace
     return AzureMlOnline(target.subscription, target.resource_group, target.workspace,
                          make_credential(target.choice.credential))
+
+
+def require_endpoint(platform: EndpointPlatform, name: str) -> EndpointInfo:
+    """The named endpoint; NotFound (exit 3) when the platform has none of that name."""
+    found = platform.get_endpoint(name)
+    if found is None:
+        where = "on this machine" if platform.kind == "local" else "in the workspace"
+        raise NotFound(f"no endpoint '{name}' {where}",
+                       hint="amlpromote endpoints list shows the endpoints")
+    return found
 
 
 def asset_id(target: DeployTarget, registry: RegistryUri, name: str, version: str) -> str:

@@ -47,12 +47,15 @@ from urllib.parse import unquote, urlparse
 
 from amlpromote.core.errors import AmlPromoteError, BadInput, NotFound, OperationFailed
 
+# The marker of a folder written by `amlpromote score`, and how one is put in place: the same
+# for Spark's folders as for the local engine's.
+from amlpromote.core.score.tables import MARKER, replace_folder
+
 if TYPE_CHECKING:
     from pyspark.sql import Column as SparkColumn
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import DataType, StructType
 
-MARKER = "_amlpromote_score.json"
 SUCCESS = "_SUCCESS"
 _PREDICTION_TMP = "__amlpromote_prediction"
 _INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -625,12 +628,7 @@ class _OutputTarget:
                 # Checked again: something may have appeared there while Spark ran.
                 self._refuse_unless_ours({p.name for p in final.iterdir()}
                                          if final.is_dir() else {"(a file)"})
-                old = final.parent / f".{final.name}.old-{secrets.token_hex(4)}"
-                final.rename(old)
-                self.temporary.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                self.temporary.rename(final)
+            replace_folder(self.temporary, final)
         except BaseException:
             self._discard(keep_partial=False)
             raise

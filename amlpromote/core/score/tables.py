@@ -951,7 +951,7 @@ class OutputSink:
             marker = {"tool": "amlpromote score", "rows": self._rows, "files": files,
                       "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
             (self._temp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            _replace_folder(self._temp, final)
+            replace_folder(self._temp, final)
         else:
             os.replace(self._temp, final)
         self._state = "committed"
@@ -989,7 +989,7 @@ class OutputSink:
         return None
 
 
-def _replace_folder(temp: Path, final: Path) -> None:
+def replace_folder(temp: Path, final: Path) -> None:
     """Rename the written folder into place; a folder already there (empty or ours, checked
     at open) is moved aside first and removed after, so `final` is never half-written."""
     if final.exists():
