@@ -32,6 +32,7 @@ from typing import ClassVar
 import pytest
 from support import free_port
 from support.cli import Run, cli
+from support.old_registries import FIXTURES, relocate_sqlite
 
 from amlpromote.core.registries.stores import (
     CURRENT,
@@ -43,7 +44,6 @@ from amlpromote.core.registries.stores import (
     mlflow_head_revision,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
 MODEL = "fixture-model"
 REVISION_1_30 = "97727af70f4d"
 REVISION_2_16 = "4465047574b1"
@@ -71,33 +71,13 @@ class OldStore:
         return "2"
 
 
-def _relocate_sqlite(db: Path, old: str, new: str) -> None:
-    connection = sqlite3.connect(db)
-    try:
-        columns = {
-            "runs": ("artifact_uri",),
-            "experiments": ("artifact_location",),
-            "model_versions": ("source", "storage_location"),
-        }
-        for table, names in columns.items():
-            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-            for column in names:
-                if column in present:
-                    connection.execute(
-                        f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new)
-                    )
-        connection.commit()
-    finally:
-        connection.close()
-
-
 def old_copy(tmp_path: Path, mlflow_version: str) -> Path:
     """The fixture of `mlflow_version`, copied and with its absolute paths pointing at the copy."""
     source = FIXTURES / f"mlflow-{mlflow_version}"
     dest = tmp_path / f"mlflow-{mlflow_version}"
     shutil.copytree(source, dest)
     recorded = (source / "ROOT").read_text().strip()
-    _relocate_sqlite(dest / "sqlite" / "registry.db", recorded, str(dest))
+    relocate_sqlite(dest / "sqlite" / "registry.db", recorded, str(dest))
     for meta in (dest / "filestore").rglob("meta.yaml") if (dest / "filestore").exists() else []:
         meta.write_text(meta.read_text().replace(recorded, str(dest)))
     return dest
@@ -244,7 +224,7 @@ def test_relative_artifact_paths_are_read_beside_the_original_store(tmp_path: Pa
     store = old_store(tmp_path, "2.16", "sqlite")
     db = store.root / "sqlite" / "registry.db"
     prefix = (store.root / "sqlite").as_uri() + "/"
-    _relocate_sqlite(db, prefix, "")
+    relocate_sqlite(db, prefix, "")
     expected = model_files(store.root / "sqlite" / source_model_folder_relative(db))
     before = tree_state(store.root)
 

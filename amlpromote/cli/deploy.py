@@ -103,6 +103,11 @@ def deploy(
     promote: Annotated[bool, typer.Option(
         "--promote", help="First copy REF from the source registry into the target (as "
                           "copy-model does; a re-run copies nothing).")] = False,
+    upgrade_target_schema: Annotated[bool, typer.Option(
+        "--upgrade-target-schema",
+        help="With --promote: let MLflow upgrade a target registry written by an older MLflow "
+             "(as copy-model's option; without --promote the target is only read, whatever "
+             "its MLflow version).")] = False,
     source: SourceOpt = None,
     target: TargetOpt = None,
     profile: ProfileOpt = None,
@@ -168,7 +173,8 @@ def deploy(
     targets = target_options(target, workspace, resource_group, subscription, registry,
                              credential)
     options: dict[str, Any] = dict(ref=ref, endpoint=endpoint, deployment=deployment, local=local,
-                   promote=promote, source=source, profile=profile, auth_mode=auth_mode,
+                   promote=promote, upgrade_target_schema=upgrade_target_schema,
+                   source=source, profile=profile, auth_mode=auth_mode,
                    instance_type=instance_type, instance_count=instance_count,
                    traffic=traffic, mirror=mirror, retire_old=retire_old,
                    keep_failed=keep_failed, timeout=timeout, smoke_input=smoke_input,
@@ -224,7 +230,8 @@ def render(out: Output, result: DeployResult) -> None:
 
 
 def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: str,
-            deployment: str | None, local: bool, promote: bool, source: str | None,
+            deployment: str | None, local: bool, promote: bool,
+            upgrade_target_schema: bool, source: str | None,
             profile: str | None, auth_mode: str, instance_type: str, instance_count: int,
             traffic: int, mirror: int | None, retire_old: bool, keep_failed: bool,
             timeout: str, smoke_input: Path | None, skip_preflight: bool, env: list[str],
@@ -252,6 +259,11 @@ def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: 
     if auth_mode not in ("key", "aml_token", "aad_token"):
         raise BadInput(f"--auth-mode {auth_mode!r} is not one of key, aml_token, aad_token",
                        hint="key (the default) suits scripts; aml_token/aad_token sign in")
+    if upgrade_target_schema and not promote:
+        raise BadInput("--upgrade-target-schema goes with --promote (only a promotion writes "
+                       "into the target)",
+                       hint="add --promote, or drop --upgrade-target-schema: deploy reads a "
+                            "target of any MLflow version as it is")
     seconds = parse_duration(timeout)
     variables = parse_env(env)
     if smoke_input is not None and not smoke_input.is_file():
@@ -282,7 +294,7 @@ def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: 
         if where.choice.kind == "registry":
             promote_targets["workspace"] = None  # the endpoints' workspace, not a target
         promoted = _promote(out, ref, source, promote_targets, profile, None, [], False,
-                            dry_run, False, False, None)
+                            dry_run, False, False, None, upgrade_target_schema)
         version = promoted.target.get("version") or (promoted.plan or {}).get(
             "existing_version")
         if version is None:

@@ -257,7 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-timeout", type=float, default=20.0,
                         help="seconds to wait, before each measurement, for other processes to "
                              "go idle")
+    parser.add_argument("--only", metavar="ROWSxCLIENTS", action="append", default=[],
+                        help="measure only these cases, e.g. --only 1x1 (repeatable; the start "
+                             "times are then skipped)")
     args = parser.parse_args(argv)
+    cases = [(rows, clients) for rows in ROWS for clients in (1, args.concurrency)]
+    if args.only:
+        wanted = {tuple(int(n) for n in case.lower().split("x", 1)) for case in args.only}
+        cases = [case for case in cases if case in wanted]
+        if not cases:
+            parser.error(f"--only takes ROWSxCLIENTS among "
+                         f"{', '.join(f'{r}x{c}' for r in ROWS for c in (1, args.concurrency))}")
 
     import pandas as pd
 
@@ -280,39 +290,40 @@ def main(argv: list[str] | None = None) -> int:
                 if answers[0] != answers[1]["predictions"]:
                     raise SystemExit(f"the servers disagree on {rows} rows")
             rows_out, goals = [], []
-            for rows in ROWS:
-                for concurrency in (1, args.concurrency):
-                    count = args.requests if rows == 1 else max(args.concurrency,
-                                                                args.requests // 10)
-                    runs: dict[str, list[Run]] = {ours.name: [], theirs.name: []}
-                    for _ in range(args.rounds):
-                        for target in (ours, theirs):
-                            lib.wait_for_quiet(timeout=args.quiet_timeout)
-                            runs[target.name].append(
-                                measure(target, target.body(splits[rows]), count, concurrency))
-                    summary = {}
+            for rows, concurrency in cases:
+                count = args.requests if rows == 1 else max(args.concurrency,
+                                                            args.requests // 10)
+                runs: dict[str, list[Run]] = {ours.name: [], theirs.name: []}
+                for _ in range(args.rounds):
                     for target in (ours, theirs):
-                        pooled = [x for run in runs[target.name] for x in run.latencies]
-                        summary[target.name] = (lib.median([r.rps for r in runs[target.name]]),
-                                                percentile(pooled, 0.5), percentile(pooled, 0.99))
-                    mine, other = summary[ours.name], summary[theirs.name]
-                    ratio = mine[0] / other[0]
-                    goal = 2.0 if rows == 1 else 1.0
-                    label = f"{rows} row{'s' if rows > 1 else ''}, {concurrency} client" + (
-                        "s" if concurrency > 1 else "")
-                    for target in (ours, theirs):
-                        rps, p50, p99 = summary[target.name]
-                        rows_out.append([label, target.name, f"{rps:.1f}", f"{p50 * 1e3:.2f}",
-                                         f"{p99 * 1e3:.2f}"])
-                    rows_out.append([label, "ratio (local / mlflow)", f"{ratio:.2f}x",
-                                     f"{mine[1] / other[1]:.2f}", f"{mine[2] / other[2]:.2f}"])
-                    goals.append((f"{label}: requests/s >= {goal:.0f}x mlflow", ratio >= goal))
-                    goals.append((f"{label}: p99 no worse than mlflow", mine[2] <= other[2]))
-                    print(f"  measured {label}", flush=True)
+                        lib.wait_for_quiet(timeout=args.quiet_timeout)
+                        runs[target.name].append(
+                            measure(target, target.body(splits[rows]), count, concurrency))
+                summary = {}
+                for target in (ours, theirs):
+                    pooled = [x for run in runs[target.name] for x in run.latencies]
+                    summary[target.name] = (lib.median([r.rps for r in runs[target.name]]),
+                                            percentile(pooled, 0.5), percentile(pooled, 0.99))
+                mine, other = summary[ours.name], summary[theirs.name]
+                ratio = mine[0] / other[0]
+                goal = 2.0 if rows == 1 else 1.0
+                label = f"{rows} row{'s' if rows > 1 else ''}, {concurrency} client" + (
+                    "s" if concurrency > 1 else "")
+                for target in (ours, theirs):
+                    rps, p50, p99 = summary[target.name]
+                    rows_out.append([label, target.name, f"{rps:.1f}", f"{p50 * 1e3:.2f}",
+                                     f"{p99 * 1e3:.2f}"])
+                rows_out.append([label, "ratio (local / mlflow)", f"{ratio:.2f}x",
+                                 f"{mine[1] / other[1]:.2f}", f"{mine[2] / other[2]:.2f}"])
+                goals.append((f"{label}: requests/s >= {goal:.0f}x mlflow", ratio >= goal))
+                goals.append((f"{label}: p99 no worse than mlflow", mine[2] <= other[2]))
+                print(f"  measured {label}", flush=True)
             print()
             print(lib.table(["payload, clients", "server", "requests/s", "p50 ms", "p99 ms"],
                             rows_out))
             print()
+            if args.only:
+                return _verdicts(goals)
             lib.wait_for_quiet(timeout=args.quiet_timeout)
             command = deploy_command_to_first_answer(root, Target(
                 "", 0, "", {}, "input_data").body(splits[1]))
@@ -322,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             print(lib.table(["server", "start to first answer s"], starts))
             ratio = command / theirs.started_to_first_answer
             print(f"  deploy --local / mlflow models serve start: {ratio:.2f}x")
+    return _verdicts(goals)
+
+
+def _verdicts(goals: list[tuple[str, bool]]) -> int:
     print()
     for what, ok in goals:
         print(f"{lib.verdict(ok)}  {what}")

@@ -194,7 +194,7 @@ class MlflowReader:
     def __init__(self, uri: RegistryUri, side: str) -> None:
         # Read-only on either side: a local or database store is opened so that nothing in it
         # can change (core/registries/stores.py).
-        self.registry = MlflowRegistry(uri, role=side, read_only=True)
+        self.registry = MlflowRegistry(uri, role=side, read_only=True, reading=True)
         self.uri = uri
         self.display = self.registry.display
         # The Databricks workspace registry has no aliases (Unity Catalog has).

@@ -123,11 +123,15 @@ class MlflowRegistry:
     `configure --check`), is opened so that nothing in it can change; a target that is not an MLflow
     registry, or was written by an older MLflow without `upgrade_schema`, is refused. `log`
     receives the notes the user should see (a snapshot read, a new registry, an upgrade).
+    `reading` marks a command that never writes the registry (models, deploy, score): an older
+    target is then read from a snapshot, as a source is.
     """
 
     def __init__(self, uri: RegistryUri, *, role: str = "source", read_only: bool | None = None,
-                 upgrade_schema: bool = False, log: Callable[[str], None] | None = None) -> None:
+                 upgrade_schema: bool = False, reading: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
         self.uri = uri
+        self.reading = reading
         self.role = role
         self.read_only = role == "source" if read_only is None else read_only
         self.upgrade_schema = upgrade_schema
@@ -145,7 +149,7 @@ class MlflowRegistry:
             from amlpromote.core.registries.stores import open_store
 
             opened = open_store(self.uri, self.role, read_only=self.read_only,
-                                upgrade_schema=self.upgrade_schema)
+                                upgrade_schema=self.upgrade_schema, reading=self.reading)
             if opened.temporary is not None:
                 # The snapshot or view lives as long as this registry (MLflow caches engines
                 # per URI, so the file may stay open until the process ends).

@@ -332,19 +332,22 @@ def inspect_database(uri: RegistryUri) -> StoreState:
 
 
 def open_store(uri: RegistryUri, role: str, *, read_only: bool,
-               upgrade_schema: bool = False) -> OpenedStore:
+               upgrade_schema: bool = False, reading: bool = False) -> OpenedStore:
     """Inspect a local or database store and decide how MLflow opens it.
 
     `role` is "source" (never changed) or "target"; `read_only` is set for a source, a dry run
-    and `configure --check`; `upgrade_schema` is the user's --upgrade-target-schema. Raises
-    UnusableRegistry for a store that must not be used, NotFound for a source that is not there.
+    and `configure --check`; `upgrade_schema` is the user's --upgrade-target-schema. `reading`
+    is set by commands that only ever read the registry (models, deploy, score): a target
+    written by an older MLflow is then read as a source is (a snapshot), since no write will
+    ever need its schema upgraded. Raises UnusableRegistry for a store that must not be used,
+    NotFound for a source that is not there.
     """
     if uri.scheme == "sqlite":
-        return _open_sqlite(uri, role, read_only, upgrade_schema)
+        return _open_sqlite(uri, role, read_only, upgrade_schema, reading)
     if uri.scheme == "file":
         return _open_file_store(uri, role, read_only)
     if uri.scheme in SQLALCHEMY_SCHEMES:
-        return _open_database(uri, role, read_only, upgrade_schema)
+        return _open_database(uri, role, read_only, upgrade_schema, reading)
     return OpenedStore(uri.uri, StoreState(CURRENT))
 
 
@@ -373,7 +376,8 @@ def _refuse(uri: RegistryUri, role: str, state: StoreState, what: str) -> Unusab
     raise AssertionError(state.kind)
 
 
-def _open_sqlite(uri: RegistryUri, role: str, read_only: bool, upgrade: bool) -> OpenedStore:
+def _open_sqlite(uri: RegistryUri, role: str, read_only: bool, upgrade: bool,
+                 reading: bool = False) -> OpenedStore:
     path = local_path(uri)
     state = inspect_sqlite(path)
     if state.kind == MISSING:
@@ -395,8 +399,8 @@ def _open_sqlite(uri: RegistryUri, role: str, read_only: bool, upgrade: bool) ->
             raise _read_only_target(uri, path)
         return OpenedStore(uri.uri, state)
     # OLDER
-    if role == "source":
-        return _snapshot(uri, path, state, f"the source {uri.display} was written by an older "
+    if role == "source" or reading:
+        return _snapshot(uri, path, state, f"the {role} {uri.display} was written by an older "
                                            f"MLflow (schema revision {state.revision}); reading "
                                            "a snapshot of it, the file itself is not changed")
     if not upgrade:
@@ -483,7 +487,8 @@ def _read_only_database_url(url_text: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def _open_database(uri: RegistryUri, role: str, read_only: bool, upgrade: bool) -> OpenedStore:
+def _open_database(uri: RegistryUri, role: str, read_only: bool, upgrade: bool,
+                   reading: bool = False) -> OpenedStore:
     state = inspect_database(uri)
     if state.kind == EMPTY and role == "target":
         return _new_registry(uri, state, read_only)
@@ -496,9 +501,10 @@ def _open_database(uri: RegistryUri, role: str, read_only: bool, upgrade: bool) 
                 "would insert on opening it",
                 hint="serve it with mlflow server and use http://")
         return OpenedStore(_read_only_database_url(uri.uri) if read_only else uri.uri, state)
-    if role == "source":
+    if role == "source" or reading:
+        # A database cannot be snapshotted like a sqlite file: it is read at its own version.
         raise UnusableRegistry(
-            f"the source {uri.display} is {state.detail}; opening it would upgrade its schema",
+            f"the {role} {uri.display} is {state.detail}; opening it would upgrade its schema",
             hint=f"run 'mlflow db upgrade {uri.display}' if you mean to upgrade it, or serve it "
                  "with an mlflow server of its own version and use http://")
     if not upgrade:
