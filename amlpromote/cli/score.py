@@ -175,12 +175,19 @@ def score(
 def _render(out: Output, summary: dict[str, Any], destination: str | None) -> None:
     def human() -> None:
         stream = sys.stderr if destination == "-" else sys.stdout
-        files = summary["files"]
-        print(f"scored {summary['rows']:,} rows from {files} file{'s' if files != 1 else ''} "
-              f"in {summary['seconds']:.1f}s ({summary['rows_per_second']:,.0f} rows/s) -> "
-              f"{summary['output']}", file=stream)
+        files, rows = summary["files"], summary["rows"]
+        print(f"scored {rows:,} row{'s' if rows != 1 else ''} from {files} "
+              f"file{'s' if files != 1 else ''} in {summary['seconds']:.1f}s "
+              f"({_rate(summary['rows_per_second'])} rows/s) -> {summary['output']}",
+              file=stream)
 
     out.result(summary, human, None if destination == "-" else summary["output"])
+
+
+def _rate(per_second: float) -> str:
+    # Whole numbers once they are large; three significant digits below (5 rows in 6.4 s is
+    # 0.781 rows/s, not "1 rows/s").
+    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.3g}"
 
 
 class RowProgress:
@@ -201,7 +208,7 @@ class RowProgress:
             return
         self._shown = now
         elapsed = now - self.started
-        line = (f"scoring: {self.rows:,} rows, {self.rows / max(elapsed, 1e-9):,.0f} rows/s "
+        line = (f"scoring: {self.rows:,} rows, {_rate(self.rows / max(elapsed, 1e-9))} rows/s "
                 f"({elapsed:.0f}s)")
         if self.interactive:
             print(f"\r\x1b[2K{line}", end="", file=sys.stderr, flush=True)

@@ -21,6 +21,7 @@ pandas are imported when a request is parsed.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,9 @@ class Answer:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    # The model's own time (its predict call) within this answer, for the server's log: the
+    # part of a request's latency that any server running the model pays.
+    model_seconds: float | None = None
 
 
 class ScoringRejected(Exception):
@@ -249,9 +253,13 @@ def container_answer(predict: Predict, content_type: str | None, body: bytes,
     except ScoringRejected as exc:
         return error_answer(exc.status, exc.message, **{RUN_FAILED_HEADER: "False"})
     try:
-        payload = predictions_body(predict(model_input(input_data), params))
+        data = model_input(input_data)
+        started = time.perf_counter()
+        result = predict(data, params)
+        model_seconds = time.perf_counter() - started
+        payload = predictions_body(result)
     except Exception as exc:  # the model's failure is the answer, never the server's
         if on_error is not None:
             on_error(exc)
         return error_answer(500, RUN_FAILED_MESSAGE, **{RUN_FAILED_HEADER: "True"})
-    return Answer(200, payload, {RUN_FAILED_HEADER: "False"})
+    return Answer(200, payload, {RUN_FAILED_HEADER: "False"}, model_seconds)

@@ -311,9 +311,7 @@ class Endpoint:
             started = time.perf_counter()
             answer = scoring.container_answer(deployment.predict, content_type, body,
                                               deployment.model_failed)
-            deployment.log(f"POST /score {answer.status} "
-                           f"{(time.perf_counter() - started) * 1e3:.3f}ms {len(answer.body)} "
-                           "(mirror copy, answer discarded)")
+            deployment.log(_request_line(answer, started) + " (mirror copy, answer discarded)")
 
     # admin ------------------------------------------------------------------------------------
 
@@ -403,6 +401,15 @@ class Endpoint:
 
 
 # -- HTTP --------------------------------------------------------------------------------------
+
+
+def _request_line(container: scoring.Answer, started: float) -> str:
+    """A scoring request's log line: the container's status, the whole time in this server,
+    the model's own share of it (its predict call) and the answer's size."""
+    line = f"POST /score {container.status} {(time.perf_counter() - started) * 1e3:.3f}ms"
+    if container.model_seconds is not None:
+        line += f" (model {container.model_seconds * 1e3:.3f}ms)"
+    return f"{line} {len(container.body)} bytes"
 
 
 class RequestHeaders:
@@ -567,8 +574,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         answer = scoring.through_front_door(container, routed.name)
         answer.headers["x-request-id"] = self.headers.get("x-request-id") or uuid.uuid4().hex
         self._send(answer)
-        routed.log(f"POST /score {container.status} {(time.perf_counter() - started) * 1e3:.3f}ms "
-                   f"{len(answer.body)}")
+        routed.log(_request_line(container, started))
 
     def _admin(self, method: str, path: str, query: str, body: bytes) -> None:
         endpoint = self.endpoint
