@@ -14,9 +14,13 @@ import pandas as pd
 
 PYTHON = platform.python_version()
 
-# A pyfunc model with a loader of its own (no pickle): `predict` fails, or answers one
-# prediction whatever it was given. The MLmodel is written as MLflow 3 writes it.
+# A pyfunc model with a loader of its own (no pickle). Modes: "raise" (`predict` fails),
+# "short" (one prediction whatever it was given), "slow-load:S" (loading takes S seconds),
+# "slow-predict:S" (each predict takes S seconds); the slow ones answer one 1 per row. The
+# MLmodel is written as MLflow 3 writes it.
 _LOADER = """
+import time
+
 import pandas as pd
 
 
@@ -27,12 +31,19 @@ class _Model:
     def predict(self, data, params=None):
         if self.mode == "raise":
             raise ValueError("this model always fails")
+        if self.mode.startswith("slow-predict:"):
+            time.sleep(float(self.mode.split(":")[1]))
+        if self.mode.startswith("slow"):
+            return [1] * len(data)
         return [1]
 
 
 def _load_pyfunc(path):
     with open(path + "/mode.txt") as handle:
-        return _Model(handle.read().strip())
+        mode = handle.read().strip()
+    if mode.startswith("slow-load:"):
+        time.sleep(float(mode.split(":")[1]))
+    return _Model(mode)
 """
 
 

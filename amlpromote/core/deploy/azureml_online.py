@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from amlpromote.core.azure.arm import arm_errors, azure_error, service_contexts_restored
@@ -162,6 +162,11 @@ class AzureMlOnline:
                            hint="check the names (az ml workspace list -g RESOURCE_GROUP) "
                                 "and the subscription") from None
         self._workspace_seen = True
+
+    def reserve(self, endpoint: str) -> AbstractContextManager[None]:
+        # ARM has no lease on an endpoint: its 409 while an operation runs, and the rollout's
+        # re-read of the traffic before moving it, keep concurrent deploys apart.
+        return nullcontext()
 
     def list_endpoints(self) -> list[EndpointInfo]:
         with self._calls("listing online endpoints"):
@@ -379,4 +384,7 @@ def _state(value: Any) -> str:
 def _model_id(model: Any) -> str:
     text = str(getattr(model, "id", None) or model or "")
     # azure-ai-ml shows the asset as "azureml:<arm id>" on some paths; ARM has no prefix.
-    return text[len("azureml:"):] if text.startswith("azureml:/") else text
+    # A registry asset keeps its scheme: "azureml://registries/R/models/N/versions/V".
+    if text.startswith("azureml:/") and not text.startswith("azureml://"):
+        return text[len("azureml:"):]
+    return text

@@ -9,6 +9,7 @@ starts a long operation waits for it, reporting through `progress`, and gives up
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -138,6 +139,12 @@ class EndpointBusy(OperationFailed):
 
 class EndpointPlatform(Protocol):
     kind: str  # "azureml" | "local"
+
+    def reserve(self, endpoint: str) -> AbstractContextManager[None]:
+        """Held for a whole rollout to `endpoint`: EndpointBusy at once if another holds it
+        (local endpoints); Azure ML has no such lease, its 409 and the rollout's re-read of
+        the traffic before moving it stand in."""
+        ...
 
     def get_endpoint(self, name: str) -> EndpointInfo | None: ...
 

@@ -202,7 +202,10 @@ def deploy(platform: EndpointPlatform, request: DeployRequest,
     hint = [f"run the deploy again; amlpromote endpoints show {request.endpoint} shows the "
             "endpoint"]
     try:
-        return _deploy(platform, request, progress, log, preflight_warnings, phase, hint)
+        if request.dry_run:
+            return _deploy(platform, request, progress, log, preflight_warnings, phase, hint)
+        with platform.reserve(request.endpoint):
+            return _deploy(platform, request, progress, log, preflight_warnings, phase, hint)
     except KeyboardInterrupt as exc:
         from amlpromote.core.errors import Interrupted, interrupt_signal
 
@@ -265,10 +268,33 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
     spec = DeploymentSpec(endpoint=request.endpoint, name=name, model=request.model,
                           settings=request.settings)
 
-    def roll_back(reason: str, logs: str, hint: str) -> RolledBack:
+    previous = endpoint.deployment(name) if replaced else None
+
+    def still_previous() -> str | None:
+        """The model `name` still serves when a replacement of it failed to load and the
+        platform kept the one before (a local endpoint does); None otherwise."""
+        if previous is None:
+            return None
+        now = platform.get_endpoint(request.endpoint)
+        current = now.deployment(name) if now else None
+        if (current is not None and current.state.lower() == "succeeded"
+                and _same_model(current.model_asset_id, previous.model_asset_id)
+                and not _same_model(current.model_asset_id, request.model.asset_id)):
+            return current.model_asset_id
+        return None
+
+    def roll_back(reason: str, logs: str, hint: str,
+                  traffic_now: dict[str, int] | None = None) -> RolledBack:
         kept = request.keep_failed
-        steps = [f"traffic unchanged ({describe_traffic(before)})"]
-        if not kept:
+        steps = [f"traffic unchanged ({describe_traffic(before)})" if traffic_now is None
+                 else f"traffic not moved by this deploy ({describe_traffic(traffic_now)})"]
+        serving = still_previous()
+        if serving is not None:
+            # Deleting it would take away a deployment this deploy did not make.
+            steps.append(f"deployment {name} still serves its previous model ({serving}), "
+                         "as before")
+            kept = True
+        elif not kept:
             try:
                 platform.delete_deployment(request.endpoint, name, progress,
                                            max(deadline, time.monotonic() + 600))
@@ -291,7 +317,8 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
         error.document = {
             "status": "rolled_back", "endpoint": request.endpoint, "deployment": name,
             "model": request.model.as_dict(),
-            "traffic": {"before": before, "after": before},
+            "traffic": {"before": before,
+                        "after": before if traffic_now is None else traffic_now},
             "logs": tail, "kept": kept,
         }
         return error
@@ -323,7 +350,9 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
         log(f"smoke test: {request.smoke.rows} row{plural} "
             f"to deployment {name}")
         try:
-            answer = platform.invoke(request.endpoint, request.smoke.body, deployment=name)
+            # The smoke test is part of the rollout: --timeout bounds it too.
+            answer = platform.invoke(request.endpoint, request.smoke.body, deployment=name,
+                                     timeout=max(1.0, deadline - time.monotonic()))
             request.smoke.check(answer.status, answer.body, request.smoke.rows)
         except AmlPromoteError as exc:
             raise roll_back(f"deployment {name} failed its smoke test: {exc.message}",
@@ -331,6 +360,29 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
                                        "accepts, and deploy again") from None
         smoke_rows, smoke_seconds = request.smoke.rows, answer.seconds
 
+    # Another deploy or a manual traffic change may have moved traffic since this deploy read
+    # it: moving it now would overwrite that with a split computed from a stale one.
+    now = platform.get_endpoint(request.endpoint)
+    ours = now.deployment(name) if now else None
+    def shares(split: dict[str, int]) -> dict[str, int]:
+        return {d: pct for d, pct in split.items() if pct}  # Azure lists new ones at 0
+
+    if now is None or shares(now.traffic) != shares(before) \
+            or shares(now.mirror) != shares(mirror_before):
+        seen = describe_traffic(now.traffic) if now else "the endpoint is gone"
+        raise roll_back(f"the traffic of endpoint {request.endpoint} changed while this deploy "
+                        f"ran (was {describe_traffic(before)}, now {seen}); it was not moved",
+                        "", "another deploy or a traffic change ran at the same time; check "
+                            f"amlpromote endpoints show {request.endpoint} and run again",
+                        traffic_now=dict(now.traffic) if now else {})
+    if ours is None or not _same_model(ours.model_asset_id, request.model.asset_id):
+        # Replaced after its smoke test (another deploy to the same name): what would take
+        # the traffic is not what was tested. Its new owner's rollout decides about it.
+        raise OperationFailed(
+            f"deployment {name} was replaced or deleted by another operation after its smoke "
+            f"test; traffic not moved ({describe_traffic(before)})",
+            hint="another deploy ran at the same time; check amlpromote endpoints show "
+                 f"{request.endpoint} and run again")
     phase[0] = (f"deployment {name} passed its smoke test; the traffic update to "
                 f"{describe_traffic(after)} was under way")
     hint[0] = f"check the traffic with amlpromote endpoints show {request.endpoint}"

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from amlpromote.core.deploy.platform import (
     DeploymentInfo,
     DeploymentSpec,
     DeploymentTimeout,
+    EndpointBusy,
     EndpointInfo,
     Invocation,
     Progress,
@@ -98,6 +100,35 @@ class LocalPlatform:
         if not folder.is_dir():
             return None
         return self._info(name, folder)
+
+    @contextlib.contextmanager
+    def reserve(self, endpoint: str) -> Iterator[None]:
+        """One rollout at a time per local endpoint, across processes: an flock on a file
+        beside the endpoints' folders (a file, so listings skip it), released by the kernel
+        even when the holder is killed. A second deploy fails at once, before it reads or
+        changes anything."""
+        import fcntl
+
+        root = st.endpoints_root()
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f".{endpoint}.deploy-lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                raise EndpointBusy(
+                    f"another deploy to local endpoint {endpoint!r} is running"
+                    + (f" (pid {holder})" if holder.isdigit() else ""),
+                    hint="wait for it to finish and run again") from None
+            handle.truncate(0)
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                handle.flush()
 
     def list_endpoints(self) -> list[EndpointInfo]:
         root = st.endpoints_root()
@@ -240,6 +271,10 @@ class LocalPlatform:
             "model": spec.model.as_dict(),
             "digest": spec.model.digest,
         }, timeout=_remaining(deadline))
+        if status == 409:
+            # Another operation holds the deployment, or it takes traffic: nothing changed.
+            raise EndpointBusy(str(doc.get("message") or "another operation is running"),
+                               hint="wait for the other deploy to finish and run again")
         progress(f"deployment {spec.name}", "Succeeded" if status == 200 else "Failed",
                  time.monotonic() - started)
         if status != 200:

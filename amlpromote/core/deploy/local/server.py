@@ -233,6 +233,10 @@ class Endpoint:
                                       admin_port=admin_port, workers=workers)
         self.deployments: dict[str, Deployment] = {}
         self.lock = threading.Lock()  # admin changes; the scoring path reads snapshots
+        # Deployments whose model is loading, and those of them deleted meanwhile (a deploy
+        # that timed out and rolled back): a load that ends after its delete is discarded.
+        self.loading: set[str] = set()
+        self.cancelled: set[str] = set()
         self._routes: tuple[list[str], list[int]] = ([], [])
         self.mirrors: list[tuple[str, int]] = []
         self.mirror_queue: queue.Queue[tuple[Deployment, str | None, bytes]] = queue.Queue(64)
@@ -315,7 +319,36 @@ class Endpoint:
 
     # admin ------------------------------------------------------------------------------------
 
+    def claim(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """Reserve `name` for a load, or the 409 that refuses it: one operation at a time on a
+        deployment, as ARM answers 409 while one runs (two deploys to one endpoint: one wins,
+        the other changes nothing), and never a model swapped under live traffic."""
+        with self.lock:
+            if name in self.loading:
+                return 409, {"message": f"an operation is running on deployment {name!r} of "
+                                        f"endpoint {self.name!r} (another deploy)"}
+            # (A mirrored one may be: its answers are discarded.)
+            if self.state.traffic.get(name, 0) > 0:
+                return 409, {"message": f"deployment {name!r} of endpoint {self.name!r} takes "
+                                        "traffic; it is not replaced in place"}
+            self.loading.add(name)
+            self.cancelled.discard(name)
+        return None
+
     def add(self, name: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Load the model for `name`, which claim() reserved."""
+        try:
+            return self._load(name, request)
+        finally:
+            with self.lock:
+                self.loading.discard(name)
+                self.cancelled.discard(name)
+
+    def _cancelled(self, name: str) -> tuple[int, dict[str, Any]]:
+        LOG.write(name, "model load ended after the deployment was deleted; discarded")
+        return 409, {"message": f"deployment {name!r} was deleted while its model loaded"}
+
+    def _load(self, name: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         path = Path(str(request.get("path") or ""))
         model_doc = {k: str(v) for k, v in (request.get("model") or {}).items()}
         deployment = Deployment(name, st.DeploymentRecord(
@@ -339,6 +372,8 @@ class Endpoint:
                 traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
             deployment.log(f"ERROR: {message}")
             with self.lock:
+                if name in self.cancelled:
+                    return self._cancelled(name)
                 if previous is not None and previous.serving:
                     # A failed update leaves the deployment that served before serving.
                     previous.lines = deployment.lines
@@ -355,6 +390,8 @@ class Endpoint:
         deployment.record.warnings = warnings
         deployment.log(f"model loaded in {time.perf_counter() - started:.1f}s; serving")
         with self.lock:
+            if name in self.cancelled:
+                return self._cancelled(name)
             self.deployments[name] = deployment
             self._reroute()
             self.save()
@@ -365,14 +402,16 @@ class Endpoint:
             if self.state.traffic.get(name, 0) > 0 or self.state.mirror.get(name, 0) > 0:
                 return 409, {"message": f"deployment {name!r} still has traffic; set its traffic "
                                         "to 0 before deleting it"}
-            removed = self.deployments.pop(name, None)
+            deleted = self.deployments.pop(name, None) is not None or name in self.loading
+            if name in self.loading:
+                self.cancelled.add(name)  # the load in progress is discarded when it ends
             self.state.traffic.pop(name, None)
             self.state.mirror.pop(name, None)
             self._reroute()
             self.save()
-        if removed is not None:
+        if deleted:
             LOG.write(name, "deployment deleted")
-        return 200, {"deleted": removed is not None}
+        return 200, {"deleted": deleted}
 
     def set_traffic(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         traffic = {str(k): int(v) for k, v in (request.get("traffic") or {}).items()}
@@ -602,14 +641,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             others: list[tuple[int, dict[str, Any]]] = []
             forwarding = threading.Thread(
                 target=lambda: others.extend(endpoint.forward(method, self.path, body)))
-            if fan_out:
-                forwarding.start()
-            status, doc = endpoint.add(parts[1], request)
-            if fan_out:
-                forwarding.join()
-                failed = [(s, d) for s, d in others if s != 200]
-                if status == 200 and failed:
-                    status, doc = failed[0]
+            refused = endpoint.claim(parts[1])
+            if refused is not None:
+                status, doc = refused
+            else:
+                if fan_out:
+                    forwarding.start()
+                status, doc = endpoint.add(parts[1], request)
+                if fan_out:
+                    forwarding.join()
+                    failed = [(s, d) for s, d in others if s != 200]
+                    if status == 200 and failed:
+                        status, doc = failed[0]
         elif len(parts) == 2 and parts[0] == "deployments" and method == "DELETE":
             status, doc = endpoint.delete(parts[1])
             if fan_out and status == 200:
