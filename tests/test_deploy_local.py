@@ -81,10 +81,11 @@ def score(world: dict[str, Any], rows: pd.DataFrame, deployment: str | None = No
 
 
 def test_a_dry_run_plans_and_creates_nothing(world: dict[str, Any]) -> None:
-    run = deploy(world, f"{NAME}/1", "--dry-run")
+    run = deploy(world, f"{NAME}/1", "--dry-run", "--env", "LOG_LEVEL=debug")
     assert run.code == 0, run.both
     plan = run.document
     assert plan["status"] == "planned"
+    assert any("--env is not applied on a local endpoint" in w for w in plan["warnings"]), plan
     assert plan["deployment"] == "blue" and plan["created_endpoint"] is True
     assert plan["traffic"] == {"before": {}, "after": {"blue": 100}}
     listed = cli("endpoints", "list", "--local", "-o", "json", env=world["env"])
@@ -166,14 +167,33 @@ def test_a_broken_version_is_rolled_back_with_traffic_untouched(
 
 
 def test_traffic_can_be_moved_back_by_hand_and_a_deployment_deleted(
-        world: dict[str, Any]) -> None:
+        world: dict[str, Any], tmp_path: Path) -> None:
     bad = cli("endpoints", "traffic", ENDPOINT, "blue=50", "green=20", "--local",
               env=world["env"])
     assert bad.code == 2 and "add up to 70%" in bad.stderr
+    for shares, code, message in [
+            (["blue=50", "blue=50"], 2, "names deployment 'blue' twice"),
+            (["blue=100", "--mirror", "green=60"], 2, "at most 50% of the traffic"),
+            (["purple=100"], 3, "has no deployment purple")]:
+        refused = cli("endpoints", "traffic", ENDPOINT, *shares, "--local", env=world["env"])
+        assert refused.code == code and message in refused.stderr.splitlines()[0], \
+            (shares, refused.both)
     run = cli("endpoints", "traffic", ENDPOINT, "blue=100", "--local", "-o", "json",
               env=world["env"])
     assert run.code == 0, run.both
     assert run.document["traffic"]["after"] == {"blue": 100}
+    assert run.document["status"] == "updated"
+    same = cli("endpoints", "traffic", ENDPOINT, "blue=100", "green=0", "--local",
+               env=world["env"])
+    assert same.code == 0 and "unchanged: blue 100%" in same.stdout, same.both
+    (tmp_path / "bad.json").write_text('{"input_data": {"columns": ["age"],}}')
+    (tmp_path / "good.json").write_text('{"input_data": {"columns": ["age"], "data": [[63]]}}')
+    for request, extra, code, message in [
+            ("bad.json", (), 2, "bad.json line 1 column 36: not JSON"),
+            ("good.json", ("--deployment", "purple"), 3, "has no deployment 'purple'")]:
+        sent = cli("endpoints", "invoke", ENDPOINT, "--request-file", str(tmp_path / request),
+                   *extra, "--local", env=world["env"])
+        assert sent.code == code and message in sent.stderr.splitlines()[0], sent.both
     gone = cli("endpoints", "delete", ENDPOINT, "--deployment", "green", "--local",
                env=world["env"])
     assert gone.code == 0, gone.both
@@ -243,6 +263,8 @@ def test_bad_input_is_refused_before_anything_is_read(world: dict[str, Any],
         (("--timeout", "soon"), "not a duration"),
         (("--env", "NOEQUALS"), "KEY=VALUE"),
         (("--smoke-input", str(tmp_path / "missing.csv")), "no such file"),
+        (("--smoke-input", str(tmp_path)), "a folder, not a file"),
+        (("--timeout", "0"), "the rollout needs some time"),
         (("--auth-mode", "password"), "--auth-mode"),
         (("--auth-mode", "aml_token"), "local endpoints use key auth"),
     ]

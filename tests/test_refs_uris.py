@@ -35,7 +35,8 @@ def test_model_refs(text: str, expected: ModelRef) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "heart/", "heart/0", "heart/x1", "@a", "heart@", "models:/m-0123abc"]
+    "text", ["", "heart/", "heart/0", "heart/x1", "@a", "heart@", "models:/m-0123abc",
+             "heart//1", "a//b/latest", "runs:/abc/model"]
 )
 def test_bad_model_refs(text: str) -> None:
     with pytest.raises(BadInput):

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(600)
 
 # A pyfunc model with a loader module of its own (no pickle, so a spawned worker loads it):
 # "multi" answers a frame of two outputs, "raise_on_old" fails on rows with age over 65,
-# "short" answers one prediction fewer than it was given, "slow" takes 50 ms a call.
+# "short" answers one prediction fewer than it was given, "slow" takes 50 ms a call, "nulls"
+# counts each row's missing values.
 _LOADER = '''
 import time
 
@@ -48,6 +49,8 @@ class _Model:
         if self.mode == "slow":
             time.sleep(0.05)
             return data["age"] * 2
+        if self.mode == "nulls":
+            return data.isna().sum(axis=1)
         raise AssertionError(self.mode)
 
 
@@ -63,12 +66,12 @@ _SIGNATURE_OUTPUTS = json.dumps([{"type": "double", "name": "risk", "required": 
 
 
 def write_custom_model(folder: Path, mode: str, outputs: str | None = None,
-                       loader: str = "score_custom_loader") -> Path:
+                       loader: str = "score_custom_loader", typed: bool = True) -> Path:
     (folder / "code").mkdir(parents=True)
     (folder / "data").mkdir()
     (folder / "code" / "score_custom_loader.py").write_text(_LOADER)
     (folder / "data" / "mode.txt").write_text(mode)
-    signature = f"signature:\n  inputs: '{_SIGNATURE_INPUTS}'\n"
+    signature = f"signature:\n  inputs: '{_SIGNATURE_INPUTS}'\n" if typed else ""
     if outputs:
         signature += f"  outputs: '{outputs}'\n"
     (folder / "MLmodel").write_text(
@@ -275,6 +278,29 @@ def test_a_folder_that_is_not_a_model_is_refused(work: Path) -> None:
               "--output", str(work / "out.csv"))
     assert run.code == 2, run.both
     assert "not an MLflow model folder" in run.stderr
+
+
+def test_a_folder_path_that_does_not_exist_is_not_found(work: Path) -> None:
+    run = cli("score", "--model", "./no-such-model", "--input", str(HEART_UNLABELED_CSV),
+              "--output", str(work / "out.csv"))
+    assert run.code == 3, run.both
+    assert run.stderr.splitlines()[0] == "error: no model folder at ./no-such-model", run.stderr
+    assert "Traceback" not in run.both and not (work / "out.csv").exists()
+
+
+def test_missing_cells_reach_the_model_as_pandas_reads_them(work: Path) -> None:
+    import mlflow.pyfunc
+
+    model = write_custom_model(work / "nulls", "nulls", typed=False)
+    (work / "in.csv").write_text("age,sex,thal,note\n63,1,fixed,a\n37,,NA,\n41,0,,<NA>\n"
+                                 "56,1,normal, NA\n")
+    run = cli("score", "--model", str(model), "--input", str(work / "in.csv"),
+              "--output", str(work / "out.csv"))
+    assert run.code == 0, run.both
+    frame = pd.read_csv(work / "in.csv")
+    expected = mlflow.pyfunc.load_model(str(model)).predict(frame).tolist()
+    assert expected == [0, 3, 2, 0]  # the case this test is about: text cells that are NaN
+    assert pd.read_csv(work / "out.csv")["prediction"].tolist() == expected
 
 
 def test_a_model_that_cannot_load_names_the_missing_package(work: Path) -> None:

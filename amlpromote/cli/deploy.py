@@ -67,9 +67,12 @@ def parse_duration(value: str) -> float:
     from amlpromote.core.errors import BadInput
 
     match = _DURATION.match(value or "")
-    if not match or float(match[1]) <= 0:
+    if not match:
         raise BadInput(f"--timeout {value!r} is not a duration",
                        hint="e.g. --timeout 30m, --timeout 90s or --timeout 1h")
+    if float(match[1]) <= 0:
+        raise BadInput(f"--timeout {value!r}: the rollout needs some time",
+                       hint="e.g. --timeout 30m (the default), or --timeout 90s")
     unit = (match[2] or "s").lower()[0]
     return float(match[1]) * {"s": 1, "m": 60, "h": 3600}[unit]
 
@@ -267,7 +270,8 @@ def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: 
     seconds = parse_duration(timeout)
     variables = parse_env(env)
     if smoke_input is not None and not smoke_input.is_file():
-        raise BadInput(f"--smoke-input {smoke_input}: no such file",
+        what = "a folder, not a file" if smoke_input.is_dir() else "no such file"
+        raise BadInput(f"--smoke-input {smoke_input}: {what}",
                        hint="a JSON request file, or a CSV or parquet file of rows")
     profile_name, profile_values = default_profile(profile)
     where = resolve_deploy_target(targets, profile_values, local)
@@ -311,6 +315,11 @@ def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: 
     located = fetching.locate(registry_uri, "target", model_ref)
     files = fetching.RegistryModelFiles(located)
     warnings: list[str] = []
+    if where.local and variables:
+        # A local endpoint's deployments are models loaded in one server process, started
+        # with deploy's own environment: there is no per-deployment environment to set.
+        warnings.append("--env is not applied on a local endpoint (its deployments share one "
+                        "server process); export the variables before the first deploy")
     from amlpromote.core.deploy import preflight, smoke
 
     if not skip_preflight:

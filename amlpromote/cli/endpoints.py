@@ -69,8 +69,9 @@ def register(app: typer.Typer) -> None:
                                        "--local")(logs)
     endpoints_app.command("traffic", help="Set the traffic split by hand (a manual shift "
                                           "or rollback): DEPLOYMENT=PERCENT ..., adding up "
-                                          "to 100.\n\nExample:\n\n\b\n  amlpromote endpoints "
-                                          "traffic heart blue=90 green=10 --local")(traffic)
+                                          "to 100 (or all 0 for no traffic).\n\nExample:"
+                                          "\n\n\b\n  amlpromote endpoints traffic heart "
+                                          "blue=90 green=10 --local")(traffic)
     endpoints_app.command("invoke", help="Send a request file to the endpoint (or one "
                                          "deployment) and print the answer.\n\nExample:\n\n"
                                          "\b\n  amlpromote endpoints invoke heart "
@@ -258,7 +259,7 @@ def traffic(
         from amlpromote.core.deploy.rollout import set_traffic
 
         before, after = set_traffic(platform, name, split, mirrored, out.states(), 1800)
-        return {"status": "updated", "endpoint": name,
+        return {"status": "unchanged" if after is before else "updated", "endpoint": name,
                 "traffic": {"before": before.traffic, "after": after.traffic},
                 "mirror": {"before": before.mirror, "after": after.mirror}}
 
@@ -267,6 +268,10 @@ def traffic(
     def human() -> None:
         from amlpromote.core.deploy.rollout import describe_traffic
 
+        if document["status"] == "unchanged":
+            print(f"traffic of endpoint {name} unchanged: "
+                  f"{describe_traffic(document['traffic']['after'])}")
+            return
         print(f"traffic of endpoint {name}: {describe_traffic(document['traffic']['before'])}"
               f" -> {describe_traffic(document['traffic']['after'])}")
 
@@ -282,6 +287,9 @@ def _shares(words: list[str] | None, what: str) -> dict[str, int]:
         if not sep or not deployment or not pct.strip().isdigit():
             raise BadInput(f"{what} {word!r} is not DEPLOYMENT=PERCENT",
                            hint="e.g. blue=90 green=10")
+        if deployment in found:
+            raise BadInput(f"{what} names deployment {deployment!r} twice",
+                           hint="give each deployment one share, e.g. blue=90 green=10")
         found[deployment] = int(pct)
     return found
 
@@ -303,14 +311,27 @@ def invoke(
     out = make_output(ctx, output, quiet, verbose)
 
     def read() -> bytes:
+        import json
+
         from amlpromote.core.errors import BadInput
 
+        example = "a JSON file such as {\"input_data\": {\"columns\": [...], \"data\": [[...]]}}"
         try:
-            return request_file.read_bytes()
+            data = request_file.read_bytes()
         except OSError as exc:
             raise BadInput(f"--request-file {request_file}: {exc.strerror or exc}",
-                           hint="a JSON file such as {\"input_data\": {\"columns\": [...], "
-                                "\"data\": [[...]]}}") from None
+                           hint=example) from None
+        try:
+            # Checked here, so a typo is one line naming its place, not an HTTP 400 from the
+            # endpoint (and no request is sent).
+            json.loads(data)
+        except UnicodeDecodeError:
+            raise BadInput(f"--request-file {request_file}: not UTF-8 text",
+                           hint=example) from None
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"--request-file {request_file} line {exc.lineno} column "
+                           f"{exc.colno}: not JSON ({exc.msg})", hint=example) from None
+        return data
 
     body = run(out, read)
     platform = run(out, lambda: _platform(local, target, profile, workspace, resource_group,
@@ -319,6 +340,9 @@ def invoke(
     def action() -> Any:
         from amlpromote.core.errors import OperationFailed
 
+        if deployment is not None:
+            # Named by the user: an unknown one is "not found" here, not an HTTP 404 later.
+            _endpoint(platform, name).require_deployment(deployment)
         answer = platform.invoke(name, body, deployment=deployment)
         if answer.status != 200:
             detail = answer.body[:300].decode("utf-8", "replace").strip()

@@ -132,7 +132,7 @@ def score(
         "--local", help="The endpoint is a local endpoint of this machine.")] = False,
     prediction_column: Annotated[str, typer.Option(
         "--prediction-column", help="Name of the prediction column (several outputs: "
-                                    "NAME_output).")] = "prediction",
+                                    "NAME_OUTPUT, e.g. prediction_risk).")] = "prediction",
     id_column: Annotated[str | None, typer.Option(
         "--id-column", help="Keep only this input column beside the predictions.",
         show_default=False)] = None,
@@ -350,6 +350,12 @@ def _local_folder(ref: str) -> Path | None:
         raise BadInput(f"{ref} is not an MLflow model folder (it has no MLmodel file)",
                        hint="pass the folder that holds MLmodel, or a registered version "
                             "(NAME/VERSION)")
+    if ref.startswith(("./", "../", "/", "~", ".\\", "..\\")):
+        # Written as a path, so not a registered version (NAME/3 never starts like this).
+        from amlpromote.core.errors import NotFound
+
+        raise NotFound(f"no model folder at {ref}",
+                       hint="check the path, or pass a registered version (NAME/VERSION)")
     return None
 
 

@@ -44,6 +44,9 @@ def parse_model_ref(text: str) -> ModelRef:
         if body.startswith("m-") and "/" not in body and "@" not in body:
             raise BadInput(f"'{raw}' names a logged model, not a registered model version",
                            hint="register it first, then " + _HINT)
+    if body.startswith(("runs:", "file:", "dbfs:", "s3:", "wasbs:", "abfss:", "https:")):
+        raise BadInput(f"'{raw}' names artifacts, not a registered model version",
+                       hint="register it first (mlflow.register_model), then " + _HINT)
     if not body:
         raise BadInput(f"empty model reference '{raw}'", hint=_HINT)
     if "@" in body:
@@ -53,7 +56,8 @@ def parse_model_ref(text: str) -> ModelRef:
         return ModelRef(name=name, alias=alias)
     if "/" in body:
         name, last = body.rsplit("/", 1)
-        if not name or not last:
+        # "heart//1" or "/heart/1": an empty part is a typo, never a model name.
+        if not name or not last or "" in name.split("/"):
             raise BadInput(f"malformed model reference '{raw}'", hint=_HINT)
         if last.isdigit():
             if int(last) < 1:

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from amlpromote.core.errors import BadInput, OperationFailed
+from amlpromote.core.errors import NotFound, OperationFailed
 
 # A progress report: (what, state, seconds elapsed), e.g. ("deployment blue", "Creating", 42.0).
 Progress = Callable[[str, str, float], None]
@@ -97,10 +97,10 @@ class EndpointInfo:
         return next((d for d in self.deployments if d.name == name), None)
 
     def require_deployment(self, name: str) -> DeploymentInfo:
-        """The named deployment; BadInput naming the ones there are when it is not one."""
+        """The named deployment; NotFound naming the ones there are when it is not one."""
         found = self.deployment(name)
         if found is None:
-            raise BadInput(f"endpoint '{self.name}' has no deployment '{name}'",
+            raise NotFound(f"endpoint '{self.name}' has no deployment '{name}'",
                            hint="its deployments: "
                                 + (", ".join(d.name for d in self.deployments) or "none"))
         return found

@@ -437,29 +437,41 @@ def describe_traffic(traffic: dict[str, int]) -> str:
 def set_traffic(platform: EndpointPlatform, endpoint_name: str, traffic: dict[str, int],
                 mirror: dict[str, int] | None, progress: Progress, timeout: float) \
         -> tuple[EndpointInfo, EndpointInfo]:
-    """`endpoints traffic`: a manual shift or rollback; -> (before, after)."""
+    """`endpoints traffic`: a manual shift or rollback; -> (before, after). A split equal to
+    the endpoint's is not written (after is before)."""
+    from amlpromote.core.errors import NotFound
+
+    # The shares are checked before anything is read: a typo costs no round trip.
+    total = sum(traffic.values())
+    if any(not 0 <= pct <= 100 for pct in traffic.values()) or total not in (0, 100):
+        raise BadInput(f"traffic shares add up to {total}%; they must add up to 100 (or 0 "
+                       "for no traffic)", hint="e.g. blue=90 green=10")
+    for name, pct in (mirror or {}).items():
+        # Azure ML mirrors at most 50% of an endpoint's traffic ("Safe rollout for online
+        # endpoints", docs: "you can mirror up to 50% of the traffic").
+        if not 0 <= pct <= 50:
+            raise BadInput(f"--mirror {name}={pct}: at most 50% of the traffic can be mirrored",
+                           hint=f"e.g. --mirror {name}=10, or {name}=0 to stop mirroring")
     endpoint = platform.get_endpoint(endpoint_name)
     if endpoint is None:
-        from amlpromote.core.errors import NotFound
-
         raise NotFound(f"endpoint '{endpoint_name}' not found on {platform.kind}",
                        hint="amlpromote endpoints list shows the endpoints")
     names = {d.name for d in endpoint.deployments}
     unknown = sorted(set(traffic) - names) + sorted(set(mirror or {}) - names)
     if unknown:
-        raise BadInput(f"endpoint '{endpoint_name}' has no deployment {', '.join(unknown)}",
+        raise NotFound(f"endpoint '{endpoint_name}' has no deployment {', '.join(unknown)}",
                        hint="its deployments: " + (", ".join(sorted(names)) or "none"))
-    total = sum(traffic.values())
-    if any(not 0 <= pct <= 100 for pct in traffic.values()) or total not in (0, 100):
-        raise BadInput(f"traffic shares add up to {total}%; they must add up to 100 (or 0)",
-                       hint="e.g. blue=90 green=10")
     new_traffic = {name: traffic.get(name, 0) for name in names}
     new_mirror = dict(endpoint.mirror) if mirror is None else dict(mirror)
     for name, pct in new_mirror.items():
         if pct and new_traffic.get(name, 0):
             raise BadInput(f"deployment '{name}' cannot both take and mirror traffic",
                            hint="mirror to a deployment that takes no traffic")
-    platform.set_traffic(endpoint_name, {k: v for k, v in new_traffic.items() if v},
-                         {k: v for k, v in new_mirror.items() if v}, progress,
+    wanted = {k: v for k, v in new_traffic.items() if v}
+    wanted_mirror = {k: v for k, v in new_mirror.items() if v}
+    if wanted == {k: v for k, v in endpoint.traffic.items() if v} \
+            and wanted_mirror == {k: v for k, v in endpoint.mirror.items() if v}:
+        return endpoint, endpoint  # nothing to change: no update, no long-running operation
+    platform.set_traffic(endpoint_name, wanted, wanted_mirror, progress,
                          time.monotonic() + timeout)
     return endpoint, platform.get_endpoint(endpoint_name) or endpoint

@@ -56,10 +56,11 @@ _BLOCK_BYTES = 1 << 19
 # How much of the first CSV file is sampled to infer column types when there is no signature
 # (pyarrow infers from its first block; the same amount, read once at open).
 _SAMPLE_BYTES = 1 << 20
-# The text pyarrow's CSV reader takes for a missing value (ConvertOptions.null_values'
-# default), applied here to the columns converted from text so they read as pyarrow would.
+# The text that is a missing value in a CSV cell: pandas.read_csv's default na_values
+# (pandas._libs.parsers.STR_NA_VALUES), which is what `mlflow models predict` and Azure ML's
+# MLflow scoring script read a CSV with, so the model sees None/NaN where they would give it.
 _NULL_TEXT = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-              "1.#QNAN", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+              "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 _FIX_VALUES = "fix those values in the input, or score with a model whose signature takes them"
 
 
@@ -261,7 +262,9 @@ def _open_files(files: list[InputFile], folder: Path | None,
 def _file_schema(file: InputFile,
                  types: dict[str, pa.DataType] | None) -> tuple[pa.Schema, dict[str, Any]]:
     if file.format == "parquet":
-        return _nullable(_parquet_file(file).schema_arrow), {}
+        schema = _parquet_file(file).schema_arrow
+        _check_unique(schema.names, file, "")
+        return _nullable(schema), {}
     if file.format == "jsonl":
         return _jsonl_schema(file, types)
     with _open_binary(file) as stream:
@@ -353,7 +356,20 @@ def _csv_names(header: bytes, file: InputFile) -> list[str]:
     except UnicodeDecodeError as exc:
         raise BadInput(f"{file.name} line 1: the header is not UTF-8 text",
                        hint="save the file as UTF-8") from exc
-    return next(csv.reader(io.StringIO(text)))
+    names = next(csv.reader(io.StringIO(text)))
+    _check_unique(names, file, " line 1")
+    return names
+
+
+def _check_unique(names: list[str], file: InputFile, where: str) -> None:
+    """A column name given twice would make every column after it ambiguous (pandas renames
+    the second `a.1`, pyarrow keeps both): refused, so a model never gets the wrong one."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise BadInput(f"{file.name}{where}: column {name!r} appears twice",
+                           hint="give every column its own name")
+        seen.add(name)
 
 
 def _csv_schema(file: InputFile, header: bytes, sample: bytes,
@@ -408,10 +424,12 @@ def _csv_blocks(file: InputFile, source: Any, names: list[str]) -> Iterator[pa.R
             read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(newlines_in_values=True,
                                              invalid_row_handler=on_invalid_row),
-            # Every column as text; the columns to convert are converted by `_conform`.
+            # Every column as text; the columns to convert are converted by `_conform`. A
+            # missing-value word is a null in text columns too, as pandas reads it (an empty
+            # cell reaching a model as '' instead of NaN changes what an imputer does).
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()),
-                strings_can_be_null=False))
+                null_values=list(_NULL_TEXT), strings_can_be_null=True))
         for block in reader:
             rows += block.num_rows
             yield block
