@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(600)
 # A pyfunc model with a loader module of its own (no pickle, so a spawned worker loads it):
 # "multi" answers a frame of two outputs, "raise_on_old" fails on rows with age over 65,
 # "short" answers one prediction fewer than it was given, "slow" takes 50 ms a call, "nulls"
-# counts each row's missing values.
+# counts each row's missing values, "ragged" answers a list of one or two numbers a row.
 _LOADER = '''
 import time
 
@@ -51,6 +51,8 @@ class _Model:
             return data["age"] * 2
         if self.mode == "nulls":
             return data.isna().sum(axis=1)
+        if self.mode == "ragged":
+            return [[0.5] * (1 + i % 2) for i in range(len(data))]
         raise AssertionError(self.mode)
 
 
@@ -301,6 +303,16 @@ def test_missing_cells_reach_the_model_as_pandas_reads_them(work: Path) -> None:
     expected = mlflow.pyfunc.load_model(str(model)).predict(frame).tolist()
     assert expected == [0, 3, 2, 0]  # the case this test is about: text cells that are NaN
     assert pd.read_csv(work / "out.csv")["prediction"].tolist() == expected
+
+
+def test_a_list_per_row_is_written_to_csv_as_json(work: Path) -> None:
+    model = write_custom_model(work / "ragged", "ragged")
+    run = cli("score", "--model", str(model), "--input", str(HEART_UNLABELED_CSV),
+              "--output", str(work / "out.csv"))
+    assert run.code == 0, run.both
+    scored = pd.read_csv(work / "out.csv")
+    assert [json.loads(v) for v in scored["prediction"]] == \
+        [[0.5] * (1 + i % 2) for i in range(100)]
 
 
 def test_a_model_that_cannot_load_names_the_missing_package(work: Path) -> None:

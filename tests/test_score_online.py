@@ -551,7 +551,7 @@ def test_cli_unknown_endpoint_and_deployment(local: Local, tmp_path: Path,
     assert "no endpoint 'no-such-endpoint'" in missing.stderr
     purple = cli("score", "--endpoint", ENDPOINT, "--local", "--deployment", "purple",
                  "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"))
-    assert purple.code == 2, purple.both
+    assert purple.code == 3, purple.both
     assert "no deployment 'purple'" in purple.stderr and "blue" in purple.stderr
     assert not (tmp_path / "out.csv").exists()
 

@@ -85,8 +85,18 @@ def _predict(model_dir: str, data: pa.RecordBatch, base: str,
     except OperationFailed as exc:
         return "failed", exc.message
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        return "failed", f"the model failed on {where}: {type(exc).__name__}: {first}"
+        return "failed", f"the model failed on {where}: {type(exc).__name__}: {_said(exc)}"
+
+
+def _said(exc: BaseException) -> str:
+    """The line of an exception's message that says what was wrong. MLflow's schema errors
+    start with the data frame's repr over several lines ("Failed to enforce schema of data
+    '   age ...") and end with the reason ("Error: Incompatible input types for column age"):
+    the reason is kept."""
+    text = str(exc).strip()
+    if "Failed to enforce schema" in text and "Error: " in text:
+        text = text.rsplit("Error: ", 1)[1].strip()
+    return (text.splitlines() or [""])[0][:300]
 
 
 def _ignore_sigint() -> None:

@@ -49,7 +49,9 @@ def prediction_columns(raw: Any, rows: int, base: str, where: str) -> list[tuple
     elif isinstance(raw, pd.Series):
         pairs = [(base, raw.to_numpy())]
     elif isinstance(raw, dict):  # named outputs, each an array of one value per row
-        pairs = _named(base, list(raw), [np.asarray(v) for v in raw.values()])
+        # A scalar is one value (a model answering {"score": 0.7} for one row).
+        pairs = _named(base, list(raw), [np.asarray(v).reshape(-1) if np.ndim(v) == 0
+                                         else np.asarray(v) for v in raw.values()])
     else:
         if isinstance(raw, np.ndarray):
             array = raw
@@ -81,8 +83,9 @@ def _checked(pairs: list[tuple[str, Any]], rows: int, where: str) -> list[tuple[
     out = []
     for name, column in pairs:
         if len(column) != rows:
-            raise OperationFailed(f"the model answered {len(column)} predictions for the "
-                                  f"{rows} rows of {where}",
+            answered = f"{len(column)} prediction{'s' if len(column) != 1 else ''}"
+            raise OperationFailed(f"the model answered {answered} for the {rows} rows of "
+                                  f"{where}",
                                   hint="a model must answer one prediction per input row")
         out.append((str(name), _as_array(column)))
     return out

@@ -1088,6 +1088,7 @@ class _CsvWriter(_Writer):
     def write(self, batch: pa.RecordBatch) -> None:
         import pyarrow.csv as pacsv
 
+        batch = _flat_for_csv(batch)
         quote_header = self._header and any(_needs_quotes_text(n) for n in batch.schema.names)
         options = pacsv.WriteOptions(
             include_header=self._header,
@@ -1108,6 +1109,23 @@ class _CsvWriter(_Writer):
             self._sink.close()
         else:
             self._sink.flush()
+
+
+def _flat_for_csv(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with each list, struct or map column (a model answering a vector or a dict
+    per row) as JSON text: CSV has no nested values and pyarrow's CSV writer refuses them."""
+    import pyarrow as pa
+
+    if not any(pa.types.is_nested(f.type) for f in batch.schema):
+        return batch
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_nested(column.type):
+            column = pa.array([None if v is None else json.dumps(_finite(v), default=_json_value,
+                                                                ensure_ascii=False)
+                               for v in column.to_pylist()], pa.string())
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def _needs_quotes_text(text: str) -> bool:
