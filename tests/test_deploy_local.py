@@ -164,6 +164,10 @@ def test_a_broken_version_is_rolled_back_with_traffic_untouched(
     assert [d["name"] for d in after["deployments"]] == [d["name"] for d in
                                                           before["deployments"]]
     assert "rolled back" in run.stderr
+    if model == "unloadable":
+        # Named once, and the log excerpt is this load's: no traceback of a missing module.
+        assert document["error"].count("canary") == 2, document["error"]  # failed; deleted
+        assert "Traceback" not in run.stderr and "loading model" in run.stderr, run.stderr
 
 
 def test_traffic_can_be_moved_back_by_hand_and_a_deployment_deleted(

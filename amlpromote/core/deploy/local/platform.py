@@ -279,7 +279,8 @@ class LocalPlatform:
                  time.monotonic() - started)
         if status != 200:
             message = str(doc.get("message") or f"load failed with HTTP {status}")
-            raise DeploymentFailed(f"deployment {spec.name!r} failed: {message}",
+            # The rollout names the deployment ("deployment green failed: ...").
+            raise DeploymentFailed(message,
                                    hint="install what the model needs in this environment, "
                                         "or serve it on Azure ML",
                                    logs=str(doc.get("logs") or ""))

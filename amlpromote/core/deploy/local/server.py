@@ -87,6 +87,12 @@ class Deployment:
         self.record = record
         self.model = model
         self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+        self.logged = 0  # lines ever logged (self.lines keeps the last LOG_LINES)
+
+    def since(self, logged: int) -> list[str]:
+        """The lines logged after the first `logged` (as many as are still kept)."""
+        count = min(self.logged - logged, len(self.lines))
+        return list(self.lines)[len(self.lines) - count:] if count > 0 else []
 
     @property
     def serving(self) -> bool:
@@ -99,6 +105,7 @@ class Deployment:
         stamp = f"{_now()} {WORKER_TAG[0]}"
         for part in line.splitlines() or [""]:
             self.lines.append(stamp + part)
+            self.logged += 1
         LOG.write(self.name, line)
 
     def predict(self, data: Any, params: dict[str, Any] | None) -> Any:
@@ -356,6 +363,9 @@ class Endpoint:
         previous = self.deployments.get(name)
         if previous is not None:
             deployment.lines.extend(previous.lines)
+        # A failed load answers this attempt's lines only: the earlier model's are not the
+        # failure's (they stay in the deployment's log).
+        attempt = deployment.logged
         deployment.log(f"loading model {model_doc.get('name')} version "
                        f"{model_doc.get('version')} from {path}")
         warnings = requirement_warnings(path) if path.is_dir() else []
@@ -368,9 +378,15 @@ class Endpoint:
             model = load_model(path)
         except Exception as exc:
             message = explain_load_failure(exc, path)
+            answered = deployment.since(attempt)
             deployment.log("load failed: " + "".join(
                 traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+            if not isinstance(exc, ModuleNotFoundError):
+                # A missing module is all its traceback says (the ERROR line names it); any
+                # other failure's traceback is where it happened, for the deploy's report.
+                answered = deployment.since(attempt)
             deployment.log(f"ERROR: {message}")
+            answered.append(deployment.lines[-1])
             with self.lock:
                 if name in self.cancelled:
                     return self._cancelled(name)
@@ -384,7 +400,7 @@ class Endpoint:
                     self.deployments[name] = deployment
                     self._reroute()
                 self.save()
-            return 422, {"message": message, "logs": "\n".join(deployment.lines)}
+            return 422, {"message": message, "logs": "\n".join(answered)}
         deployment.model = model
         deployment.record.state = "Succeeded"
         deployment.record.warnings = warnings
