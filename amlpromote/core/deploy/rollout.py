@@ -454,7 +454,9 @@ def set_traffic(platform: EndpointPlatform, endpoint_name: str, traffic: dict[st
                            hint=f"e.g. --mirror {name}=10, or {name}=0 to stop mirroring")
     endpoint = platform.get_endpoint(endpoint_name)
     if endpoint is None:
-        raise NotFound(f"endpoint '{endpoint_name}' not found on {platform.kind}",
+        # Worded as every other endpoints command says it (where.require_endpoint).
+        where = "on this machine" if platform.kind == "local" else "in the workspace"
+        raise NotFound(f"no endpoint '{endpoint_name}' {where}",
                        hint="amlpromote endpoints list shows the endpoints")
     names = {d.name for d in endpoint.deployments}
     unknown = sorted(set(traffic) - names) + sorted(set(mirror or {}) - names)

@@ -753,8 +753,8 @@ def check_output(spec: str, inputs: InputSet, format: str | None = None) -> None
 
 
 def _plan_output(spec: str, inputs: InputSet, format: str | None) -> _Plan:
-    hint_kinds = ("name a .csv or .parquet file, a folder (for a folder input), or - for JSON "
-                  "lines on standard output")
+    hint_kinds = ("name a .csv, .parquet or .jsonl file, a folder (for a folder input), or - "
+                  "for JSON lines on standard output")
     if format is not None and format not in FORMATS:
         raise BadInput(f"output format {format!r} is not one of {', '.join(FORMATS)}",
                        hint="choose csv, parquet or jsonl")
@@ -772,7 +772,8 @@ def _plan_output(spec: str, inputs: InputSet, format: str | None) -> _Plan:
     elif by_extension is not None or format is not None:
         plan = _Plan("file", format or by_extension, final)
     else:
-        raise BadInput(f"--output {spec}: not a .csv or .parquet file name", hint=hint_kinds)
+        raise BadInput(f"--output {spec}: not a .csv, .parquet or .jsonl file name",
+                       hint=hint_kinds)
     _check_place(spec, plan, inputs)
     return plan
 
