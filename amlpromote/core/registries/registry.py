@@ -327,7 +327,7 @@ class MlflowRegistry:
                 where = f" in stage {ref.stage}" if ref.stage else ""
                 raise NotFound(f"model '{ref.name}' has no versions{where} in {self.display}",
                                hint="register a version first, or name one that exists: "
-                                    f"amlpromote models show {ref.name} --from {self.role}")
+                                    f"{self._command('show', ref.name)}")
             best = max(versions, key=lambda v: int(v.version))
             if best.extra.get("partial"):
                 # Unity Catalog's search leaves tags and aliases out; they are copied too.
@@ -335,10 +335,22 @@ class MlflowRegistry:
             return best
         return VersionInfo.from_mlflow(mv)
 
+    def _command(self, sub: str, name: str | None = None) -> str:
+        """The `amlpromote models` command that reads this registry, for a hint: named by its
+        URI (as the error names it), so it reads the same registry whatever options or profile
+        chose it (`--from target` alone would read the profile's)."""
+        import shlex
+
+        words = ["amlpromote", "models", sub, *([name] if name else []),
+                 f"--{self.role}", self.display]
+        if self.uri.scheme == "azureml" and self.uri.credential not in (None, "default"):
+            words += ["--credential", self.uri.credential]
+        return shlex.join(words)
+
     def _alias_hint(self, name: str) -> str:
         rm = self.registered_model(name)
         aliases = sorted((getattr(rm, "aliases", None) or {}).keys())
-        versions = f"amlpromote models show {name} --from {self.role}"
+        versions = self._command("show", name)
         if aliases:
             return f"aliases of this model: {', '.join(aliases)}; all versions: {versions}"
         return f"this model has no aliases; name a version instead (NAME/VERSION): {versions}"
@@ -348,8 +360,8 @@ class MlflowRegistry:
             self.call(what, self.client.get_registered_model, name)
         except (NotFound, BadInput) as exc:
             raise NotFound(f"model '{name}' does not exist in {self.display}",
-                           hint="check the name; list the models: amlpromote models list "
-                                f"--from {self.role}") from exc
+                           hint="check the name; list the models: "
+                                + self._command("list")) from exc
 
     def _get_version(self, name: str, version: str, what: str) -> Any:
         try:
@@ -360,8 +372,8 @@ class MlflowRegistry:
             known = [v.version for v in self.list_versions(name)]
             listing = ", ".join(sorted(known, key=int)[-10:]) or "none"
             raise NotFound(f"model '{name}' has no version {version} in {self.display}",
-                           hint=f"versions that exist: {listing}; all of them: amlpromote "
-                                f"models show {name} --from {self.role}") from exc
+                           hint=f"versions that exist: {listing}; all of them: "
+                                + self._command("show", name)) from exc
 
     def list_versions(self, name: str, filter_tags: dict[str, str] | None = None) \
             -> list[VersionInfo]:
