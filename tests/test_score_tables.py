@@ -420,7 +420,7 @@ def test_foreign_folder_and_bad_outputs_are_refused_before_writing(tmp_path: Pat
     single = open_input(str(_lf_heart(tmp_path / "in")))
     with pytest.raises(BadInput, match="is the input file"):
         check_output(str(tmp_path / "in" / "heart.csv"), single)
-    with pytest.raises(BadInput, match=r"not a \.csv or \.parquet file name"):
+    with pytest.raises(BadInput, match=r"not a \.csv, \.parquet or \.jsonl file name"):
         check_output(str(tmp_path / "out"), single)
     with pytest.raises(BadInput, match="cannot be written to standard output"):
         check_output("-", single, format="parquet")
