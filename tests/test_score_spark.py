@@ -59,8 +59,14 @@ mlflow.models.set_model(TwoOutputs())
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[SparkSession]:
+    import signal
+
     from pyspark.sql import SparkSession
 
+    # SparkContext installs a SIGINT handler that calls cancelAllJobs on it; once the session
+    # is stopped that raises instead of KeyboardInterrupt, so a later test module of this
+    # worker that sends itself SIGINT would see another error. The old handler goes back.
+    previous = signal.getsignal(signal.SIGINT)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
         # The Python workers must be this venv's interpreter (env_manager="local").
@@ -76,6 +82,7 @@ def spark() -> Iterator[SparkSession]:
             yield session
         finally:
             session.stop()
+            signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")
