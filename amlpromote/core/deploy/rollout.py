@@ -364,11 +364,8 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
     # it: moving it now would overwrite that with a split computed from a stale one.
     now = platform.get_endpoint(request.endpoint)
     ours = now.deployment(name) if now else None
-    def shares(split: dict[str, int]) -> dict[str, int]:
-        return {d: pct for d, pct in split.items() if pct}  # Azure lists new ones at 0
-
-    if now is None or shares(now.traffic) != shares(before) \
-            or shares(now.mirror) != shares(mirror_before):
+    if now is None or _shares(now.traffic) != _shares(before) \
+            or _shares(now.mirror) != _shares(mirror_before):
         seen = describe_traffic(now.traffic) if now else "the endpoint is gone"
         raise roll_back(f"the traffic of endpoint {request.endpoint} changed while this deploy "
                         f"ran (was {describe_traffic(before)}, now {seen}); it was not moved",
@@ -429,6 +426,11 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
         smoke_seconds=smoke_seconds, seconds=time.monotonic() - started, warnings=warnings)
 
 
+def _shares(split: dict[str, int]) -> dict[str, int]:
+    """The deployments that take a share (Azure lists new ones at 0)."""
+    return {d: pct for d, pct in split.items() if pct}
+
+
 def describe_traffic(traffic: dict[str, int]) -> str:
     shown = [f"{name} {pct}%" for name, pct in sorted(traffic.items()) if pct]
     return ", ".join(shown) if shown else "no traffic"
@@ -447,10 +449,9 @@ def set_traffic(platform: EndpointPlatform, endpoint_name: str, traffic: dict[st
         raise BadInput(f"traffic shares add up to {total}%; they must add up to 100 (or 0 "
                        "for no traffic)", hint="e.g. blue=90 green=10")
     for name, pct in (mirror or {}).items():
-        # Azure ML mirrors at most 50% of an endpoint's traffic ("Safe rollout for online
-        # endpoints", docs: "you can mirror up to 50% of the traffic").
-        if not 0 <= pct <= 50:
-            raise BadInput(f"--mirror {name}={pct}: at most 50% of the traffic can be mirrored",
+        if not 0 <= pct <= MAX_MIRROR:
+            raise BadInput(f"--mirror {name}={pct}: at most {MAX_MIRROR}% of the traffic can be "
+                           "mirrored",
                            hint=f"e.g. --mirror {name}=10, or {name}=0 to stop mirroring")
     endpoint = platform.get_endpoint(endpoint_name)
     if endpoint is None:
@@ -469,10 +470,8 @@ def set_traffic(platform: EndpointPlatform, endpoint_name: str, traffic: dict[st
         if pct and new_traffic.get(name, 0):
             raise BadInput(f"deployment '{name}' cannot both take and mirror traffic",
                            hint="mirror to a deployment that takes no traffic")
-    wanted = {k: v for k, v in new_traffic.items() if v}
-    wanted_mirror = {k: v for k, v in new_mirror.items() if v}
-    if wanted == {k: v for k, v in endpoint.traffic.items() if v} \
-            and wanted_mirror == {k: v for k, v in endpoint.mirror.items() if v}:
+    wanted, wanted_mirror = _shares(new_traffic), _shares(new_mirror)
+    if wanted == _shares(endpoint.traffic) and wanted_mirror == _shares(endpoint.mirror):
         return endpoint, endpoint  # nothing to change: no update, no long-running operation
     platform.set_traffic(endpoint_name, wanted, wanted_mirror, progress,
                          time.monotonic() + timeout)
