@@ -90,7 +90,9 @@ def assert_failure(run: Run, code: int, *needles: str, json_mode: bool) -> dict[
 USAGE_CASES = {
     "unknown option": (["copy-model", "m/1", "--bogus"], "--bogus"),
     "missing argument": (["copy-model"], "REF"),
-    "bad value": (["copy-model", "m/1", "--parallel", "0"], "--parallel"),
+    "bad value": (["copy-model", "m/1", "--parallel", "0"], "must be at least 1"),
+    "value over its bound": (["deploy", "m/1", "-e", "heart", "--local", "--traffic", "150"],
+                             "'--traffic': must be at most 100"),
     "bad choice": (["configure", "list", "--output", "xml"], "'xml'"),
     "unknown command": (["promote"], "'promote'"),
     "no command": ([], "command"),

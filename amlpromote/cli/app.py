@@ -4,6 +4,7 @@ errors become messages and exit codes."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -133,6 +134,11 @@ def _command_line_failure(exc: Exception, argv: list[str]) -> int:
             print(message, file=sys.stderr)
         message = "no command given"
     message = message.replace("Value error, ", "").rstrip(".")
+    # Typer checks min=/max= with pydantic, whose wording is about "Input", not the option.
+    message = re.sub(r"Input should be greater than or equal to (\S+)", r"must be at least \1",
+                     message)
+    message = re.sub(r"Input should be less than or equal to (\S+)", r"must be at most \1",
+                     message)
     message = message[:1].lower() + message[1:]
     hint = (f"{command} --help lists the commands" if "command" in message
             else f"{command} --help shows the options and examples")
