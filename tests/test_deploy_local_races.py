@@ -158,3 +158,55 @@ def test_the_smoke_test_is_bounded_by_the_timeout(world: dict[str, Any]) -> None
     assert run.code == 1, run.both
     assert "failed its smoke test" in run.stderr and "rolled back" in run.stderr, run.stderr
     assert show(world, endpoint)["traffic"] == before["traffic"]
+
+
+def test_an_interrupted_deploy_leaves_its_load_visible_and_traffic_untouched(
+        world: dict[str, Any]) -> None:
+    endpoint = "race-interrupt"
+    assert deploy(world, endpoint, world["v"]["heart1"]).code == 0
+    before = show(world, endpoint)
+    first = subprocess.Popen(
+        [str(CONSOLE), "deploy", world["v"]["slow_load"], "--endpoint", endpoint, "--target",
+         world["registry"]],
+        env={**os.environ, **world["env"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        state = world["data"] / "endpoints" / endpoint / "state.json"
+        deadline = time.monotonic() + 60
+        while json.loads(state.read_text()).get("deployments", {}).get(
+                "green", {}).get("state") != "Creating":
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the load of green never showed as Creating"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGINT)  # Ctrl-C while the server loads the model (6 s)
+        out, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, out + err
+    assert "deployment green was being created" in err and "Traceback" not in err, err
+    assert f"amlpromote endpoints show {endpoint}" in err, err
+
+    # The server's load goes on: it is shown, and nothing may use green until it ends.
+    during = show(world, endpoint)
+    assert deployments(during)["green"][0] == "Creating", during
+    assert during["traffic"] == before["traffic"] == {"blue": 100}
+    moved = cli("endpoints", "traffic", endpoint, "blue=50", "green=50", "--local",
+                env=world["env"])
+    assert moved.code == 1 and "still loading its model" in moved.stderr, moved.both
+    again = deploy(world, endpoint, world["v"]["heart2"])
+    assert again.code == 1, again.both
+    assert "deployment green of endpoint 'race-interrupt' is creating" in again.stderr
+    assert "interrupted" in again.stderr, again.stderr
+    assert show(world, endpoint)["traffic"] == {"blue": 100}
+
+    deadline = time.monotonic() + 60
+    while deployments(show(world, endpoint))["green"][0] == "Creating":
+        assert time.monotonic() < deadline, "the interrupted load never ended"
+        time.sleep(0.2)
+    after = show(world, endpoint)
+    assert deployments(after)["green"][0] == "Succeeded"
+    assert after["traffic"] == {"blue": 100}  # the load ended; nobody moved traffic to it
+    logs = cli("endpoints", "logs", endpoint, "--deployment", "green", "--local",
+               env=world["env"])
+    assert logs.code == 0 and "model loaded" in logs.stdout, logs.both

@@ -58,7 +58,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
 
 def as_error(exc: KeyboardInterrupt) -> Interrupted:
     """An interrupt that core did not report itself: it landed before anything was staged."""
-    return Interrupted("stopped before anything was registered",
+    return Interrupted("stopped before anything was changed",
                        hint="run the same command again", signum=interrupt_signal(exc))
 
 

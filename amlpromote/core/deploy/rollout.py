@@ -251,6 +251,14 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
         after = _split_after(before, name, request.traffic)
         mirror_after = {d: pct for d, pct in mirror_before.items() if d != name}
     replaced = bool(endpoint and endpoint.deployment(name))
+    existing = endpoint.deployment(name) if endpoint else None
+    if existing is not None and existing.state.lower() in ("creating", "updating", "deleting"):
+        # ARM would answer the PUT 409; said before anything is made, with the likely cause.
+        raise EndpointBusy(
+            f"deployment {name} of endpoint '{request.endpoint}' is {existing.state.lower()} "
+            "(another deploy, or an interrupted one, is still at work on it)",
+            hint=f"wait until amlpromote endpoints show {request.endpoint} shows it Succeeded "
+                 "or Failed, then run again")
     if request.dry_run:
         return result("planned", name, after, mirror_after, created_endpoint=endpoint is None,
                       replaced_deployment=replaced)
@@ -331,7 +339,9 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
 
     phase[0] = (f"deployment {name} was being created or smoke tested; it takes no traffic "
                 f"(traffic unchanged: {describe_traffic(before)})")
-    hint[0] = (f"run the deploy again (it replaces {name}), or remove it: amlpromote "
+    # The platform goes on creating it (ARM's operation, the local server's load) after we stop.
+    hint[0] = (f"once amlpromote endpoints show {request.endpoint} shows {name} Succeeded or "
+               f"Failed, run the deploy again (it replaces {name}), or remove it: amlpromote "
                f"endpoints delete {request.endpoint} --deployment {name}")
     log(f"creating deployment {name} for {request.model.name}/{request.model.version}")
     try:

@@ -311,6 +311,10 @@ class LocalPlatform:
                                   timeout=_remaining(deadline))
         if status == 400:
             raise BadInput(str(doc.get("message")))
+        if status == 409:
+            raise EndpointBusy(str(doc.get("message")),
+                               hint=f"wait until amlpromote endpoints show {endpoint} --local "
+                                    "shows it Succeeded, and set the traffic again")
         if status != 200:
             raise OperationFailed(f"setting traffic failed: {doc.get('message')}")
 

@@ -244,6 +244,10 @@ class Endpoint:
         # that timed out and rolled back): a load that ends after its delete is discarded.
         self.loading: set[str] = set()
         self.cancelled: set[str] = set()
+        # The deployment each load is making, shown (state Creating or Updating, its log) until
+        # the load ends: a deploy interrupted meanwhile leaves the load running, and the next
+        # command must see why the deployment is busy, as Azure ML's provisioning state shows.
+        self.pending: dict[str, Deployment] = {}
         self._routes: tuple[list[str], list[int]] = ([], [])
         self.mirrors: list[tuple[str, int]] = []
         self.mirror_queue: queue.Queue[tuple[Deployment, str | None, bytes]] = queue.Queue(64)
@@ -252,6 +256,7 @@ class Endpoint:
         if not self.primary:
             return
         self.state.deployments = {name: d.record for name, d in self.deployments.items()}
+        self.state.deployments.update({name: d.record for name, d in self.pending.items()})
         st.write_state(self.folder, self.state)
 
     def forward(self, method: str, path: str, body: bytes,
@@ -333,7 +338,8 @@ class Endpoint:
         with self.lock:
             if name in self.loading:
                 return 409, {"message": f"an operation is running on deployment {name!r} of "
-                                        f"endpoint {self.name!r} (another deploy)"}
+                                        f"endpoint {self.name!r} (another deploy, or an "
+                                        "interrupted one, is loading its model)"}
             # (A mirrored one may be: its answers are discarded.)
             if self.state.traffic.get(name, 0) > 0:
                 return 409, {"message": f"deployment {name!r} of endpoint {self.name!r} takes "
@@ -350,6 +356,8 @@ class Endpoint:
             with self.lock:
                 self.loading.discard(name)
                 self.cancelled.discard(name)
+                if self.pending.pop(name, None) is not None:
+                    self.save()  # a load discarded after its delete
 
     def _cancelled(self, name: str) -> tuple[int, dict[str, Any]]:
         LOG.write(name, "model load ended after the deployment was deleted; discarded")
@@ -368,6 +376,10 @@ class Endpoint:
         attempt = deployment.logged
         deployment.log(f"loading model {model_doc.get('name')} version "
                        f"{model_doc.get('version')} from {path}")
+        with self.lock:
+            deployment.record.state = "Creating" if previous is None else "Updating"
+            self.pending[name] = deployment
+            self.save()
         warnings = requirement_warnings(path) if path.is_dir() else []
         for warning in warnings:
             deployment.log(f"WARNING: {warning}")
@@ -388,6 +400,7 @@ class Endpoint:
             deployment.log(f"ERROR: {message}")
             answered.append(deployment.lines[-1])
             with self.lock:
+                self.pending.pop(name, None)
                 if name in self.cancelled:
                     return self._cancelled(name)
                 if previous is not None and previous.serving:
@@ -406,6 +419,7 @@ class Endpoint:
         deployment.record.warnings = warnings
         deployment.log(f"model loaded in {time.perf_counter() - started:.1f}s; serving")
         with self.lock:
+            self.pending.pop(name, None)
             if name in self.cancelled:
                 return self._cancelled(name)
             self.deployments[name] = deployment
@@ -421,6 +435,7 @@ class Endpoint:
             deleted = self.deployments.pop(name, None) is not None or name in self.loading
             if name in self.loading:
                 self.cancelled.add(name)  # the load in progress is discarded when it ends
+                self.pending.pop(name, None)
             self.state.traffic.pop(name, None)
             self.state.mirror.pop(name, None)
             self._reroute()
@@ -435,6 +450,10 @@ class Endpoint:
         with self.lock:
             for name, percent in {**traffic, **mirror}.items():
                 deployment = self.deployments.get(name)
+                if name in self.pending and percent > 0:
+                    return 409, {"message": f"deployment {name!r} of endpoint {self.name!r} is "
+                                            "still loading its model; it cannot take traffic "
+                                            "yet"}
                 if deployment is None:
                     return 400, {"message": f"no deployment {name!r} in endpoint {self.name!r}"}
                 if percent > 0 and not deployment.serving:
@@ -448,7 +467,7 @@ class Endpoint:
         return 200, {"traffic": traffic, "mirror": mirror}
 
     def logs(self, name: str, tail: int) -> tuple[int, dict[str, Any]]:
-        deployment = self.deployments.get(name)
+        deployment = self.pending.get(name) or self.deployments.get(name)
         if deployment is None:
             return 404, {"message": f"no deployment {name!r} in endpoint {self.name!r}"}
         lines = list(deployment.lines)[-tail:] if tail > 0 else []
