@@ -482,12 +482,12 @@ def test_a_token_is_reused_until_shortly_before_it_expires() -> None:
                                f"{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
                                f"Microsoft.MachineLearningServices/workspaces/{WORKSPACE}")
     lasting = CountingCredential(lifetime=3600)
-    connection = AzureMlConnection(scope, NamedCredential(lasting, "default"))  # type: ignore[arg-type]
+    connection = AzureMlConnection(scope, NamedCredential(lasting, "default"))
     assert [connection.authorization() for _ in range(3)] == ["Bearer token-1"] * 3
     assert lasting.scopes == ["https://management.azure.com/.default"]
 
     expiring = CountingCredential(lifetime=60)  # inside the refresh margin: never reused
-    connection = AzureMlConnection(scope, NamedCredential(expiring, "default"))  # type: ignore[arg-type]
+    connection = AzureMlConnection(scope, NamedCredential(expiring, "default"))
     assert [connection.authorization() for _ in range(2)] == ["Bearer token-1", "Bearer token-2"]
 
 

@@ -372,10 +372,11 @@ def test_a_lost_version_number_is_registered_from_a_pending_upload_of_the_next(
     box = azureml_box.box
     other = {"MLmodel": b"flavors: {}\n", "weights.bin": b"another model"}
     # Another client registers version 1 while this run's PUT of version 1 is on its way.
+    def register_other() -> None:
+        box.add_registry_version(registry, unique_model_name, "1", other)
+
     box.inject_fault(route="arm", method="PUT", path=rf"/models/{unique_model_name}/versions/1$",
-                     times=1,
-                     before=lambda: box.add_registry_version(registry, unique_model_name, "1",
-                                                             other))
+                     times=1, before=register_other)
 
     run = copy(source, f"{HEART}/1", unique_model_name)
 

@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs; whole commands, imports and model loading included")
     with lib.temp_root("amlpromote-score-bench-") as root:
         model = serve.save_heart_model(root)
-        goals = []
+        goals: list[tuple[str, bool]] = []
         if not args.only_online:
             files, goals = bench_files(root, model, sizes, spark)
             print()

@@ -313,7 +313,7 @@ def sha256_tree(folder: Path) -> dict[str, str]:
         if path.is_file():
             digest = hashlib.sha256()
             with path.open("rb") as handle:
-                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                while block := handle.read(1 << 20):
                     digest.update(block)
             hashes[path.relative_to(folder).as_posix()] = digest.hexdigest()
     return hashes
