@@ -213,6 +213,7 @@ def test_a_model_that_fails_on_some_rows_names_them_and_leaves_no_output(
     kept = cli("score", "--model", str(model), "--input", str(work / "by-age.csv"),
                "--output", str(work / "out.csv"), "--batch-size", "10", "--keep-partial")
     assert kept.code == 1
+    assert f"the rows scored before it are kept in {work / 'out.csv'}.partial" in kept.stderr
     partial = pd.read_csv(work / "out.csv.partial")
     assert len(partial) == start  # every batch before the failing one
 
@@ -324,8 +325,9 @@ def test_a_model_that_cannot_load_names_the_missing_package(work: Path) -> None:
     assert "Traceback" not in run.both and not (work / "out.csv").exists()
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_sigterm_mid_run_leaves_no_output_and_no_workers(work: Path, workers: str) -> None:
+@pytest.mark.parametrize(("workers", "keep"), [("1", False), ("2", False), ("1", True)])
+def test_sigterm_mid_run_leaves_no_output_and_no_workers(work: Path, workers: str,
+                                                         keep: bool) -> None:
     import signal
     import time
 
@@ -335,7 +337,7 @@ def test_sigterm_mid_run_leaves_no_output_and_no_workers(work: Path, workers: st
     proc = subprocess.Popen([str(Path(sys.executable).parent / "amlpromote"), "score",
                              "--model", str(model), "--input", str(work / "in.csv"),
                              "--output", str(work / "out.csv"), "--batch-size", "10",
-                             "--workers", workers],
+                             "--workers", workers, *(["--keep-partial"] if keep else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not any(".partial-" in p.name for p in work.iterdir()):
@@ -348,7 +350,15 @@ def test_sigterm_mid_run_leaves_no_output_and_no_workers(work: Path, workers: st
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err.decode()
     assert "SIGTERM" in err.decode() and b"Traceback" not in err
-    assert sorted(p.name for p in work.iterdir()) == ["in.csv", "slow"]
+    if keep:
+        assert f"scoring stopped; the rows scored before it are kept in {work / 'out.csv'}" \
+            f".partial" in err.decode(), err.decode()
+        assert sorted(p.name for p in work.iterdir()) == ["in.csv", "out.csv.partial", "slow"]
+        kept = pd.read_csv(work / "out.csv.partial")
+        assert 0 < len(kept) < len(frame) and list(kept.columns)[-1] == "prediction"
+    else:
+        assert f"scoring stopped; nothing was written to {work / 'out.csv'}" in err.decode()
+        assert sorted(p.name for p in work.iterdir()) == ["in.csv", "slow"]
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in workers_seen):
         assert time.monotonic() < deadline, "workers outlived the command"

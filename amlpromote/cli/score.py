@@ -3,10 +3,11 @@ endpoint, from the model in this process, or on Spark."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -463,7 +464,7 @@ def _score_local(out: Output, found: _FoundModel, input_spec: str, destination: 
         local_engine.check_loads(model_dir)
     progress = RowProgress(out)
     sink: OutputSink = tables.open_output(destination, inputs, output_format, keep_partial)
-    with sink:
+    with _reporting(sink):
         scored = local_engine.score(model_dir, inputs.batches(batch_size), sink, signature,
                                     workers=count, prediction_column=prediction_column,
                                     id_column=id_column, progress=progress)
@@ -473,6 +474,26 @@ def _score_local(out: Output, found: _FoundModel, input_spec: str, destination: 
     progress.done()
     return _summary("local", scored.rows, len(inputs.files), written.location, started,
                     workers=count)
+
+
+@contextlib.contextmanager
+def _reporting(sink: OutputSink) -> Iterator[OutputSink]:
+    """The sink, aborted on any failure; an interrupt, or a failure after which rows are kept
+    (--keep-partial), says what the output holds now."""
+    from amlpromote.core.errors import AmlPromoteError, Interrupted, interrupt_signal
+
+    with sink:
+        try:
+            yield sink
+        except KeyboardInterrupt as exc:
+            sink.abort()
+            raise Interrupted(f"scoring stopped; {sink.left_behind()}",
+                              hint="run the same command again",
+                              signum=interrupt_signal(exc)) from None
+        except AmlPromoteError as exc:
+            if sink.abort() is not None:
+                exc.message += f"; {sink.left_behind()}"
+            raise
 
 
 def _write_empty(sink: OutputSink, inputs: InputSet, signature: Signature,
@@ -588,7 +609,6 @@ def _score_online(out: Output, endpoint: str, input_spec: str, destination: str,
                   prediction_column: str, id_column: str | None, output_format: str | None,
                   keep_partial: bool, started: float) -> dict[str, Any]:
     import collections
-    import contextlib
 
     from amlpromote.core.deploy.where import (
         default_profile,
@@ -622,7 +642,7 @@ def _score_online(out: Output, endpoint: str, input_spec: str, destination: str,
     rows = 0
     sink: OutputSink = tables.open_output(destination, inputs, output_format, keep_partial)
     # closing(): a failure on the writing side stops the client's threads at once.
-    with sink, contextlib.closing(
+    with _reporting(sink), contextlib.closing(
             cast(Generator[Any, None, None], scorer.predict(frames(), progress))) as answered:
         for _, _, answers in answered:
             batch = order.popleft()

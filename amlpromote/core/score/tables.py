@@ -976,6 +976,15 @@ class OutputSink:
         self._state = "committed"
         return OutputSummary(self._paths, self._rows, files, str(final))
 
+    def left_behind(self) -> str:
+        """What an aborted output left, in words for the failure's line."""
+        if self._stream is not None:
+            return "the rows before it were printed" if self._rows else "nothing was printed"
+        if self.kept is not None:
+            # No count: a signal can land between a batch's write and its count.
+            return f"the rows scored before it are kept in {self.kept.location}"
+        return f"nothing was written to {self._spec}"
+
     def abort(self) -> OutputSummary | None:
         """Remove the temporary output, or with keep_partial rename it to `{name}.partial` and
         return where it is. Idempotent, and safe to call from a KeyboardInterrupt handler."""
