@@ -33,7 +33,7 @@ from amlpromote.core.deploy.platform import (
     ModelVersion,
     no_progress,
 )
-from amlpromote.core.errors import BadInput, OperationFailed
+from amlpromote.core.errors import BadInput, NotFound, OperationFailed
 
 NO_PROXY = {"http": "", "https": ""}
 
@@ -199,10 +199,12 @@ def test_a_model_failure_is_the_containers_500_as_424(shared: Shared) -> None:
 
 
 def test_an_unknown_deployment_header_is_404(shared: Shared, heart_frame: Any) -> None:
-    answer = shared.platform.invoke("shared", split_body(heart_frame.head(1)),
-                                    deployment="purple")
-    assert answer.status == 404
-    assert "purple" in json.loads(answer.body)["message"]
+    answer = score(shared, split_body(heart_frame.head(1)), key=shared.key, deployment="purple")
+    assert answer.status_code == 404
+    assert "purple" in answer.json()["message"]
+    # The platform's invoke says it before sending anything, as Azure ML's does.
+    with pytest.raises(NotFound, match="has no deployment 'purple'"):
+        shared.platform.invoke("shared", split_body(heart_frame.head(1)), deployment="purple")
 
 
 def test_a_payload_over_the_limit_is_413(shared: Shared) -> None:

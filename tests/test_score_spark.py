@@ -219,6 +219,54 @@ def test_heart_parquet_file_with_id_column(spark: SparkSession, heart_model: Pat
     assert scored["disease"].tolist() == list(expected_predictions(heart_model, heart))
 
 
+def test_nested_columns_are_json_text_and_quotes_doubled_in_csv(
+        spark: SparkSession, heart_model: Path, heart: pd.DataFrame, tmp_path: Path) -> None:
+    # Spark's CSV writer refuses array, map and struct columns, and escapes quotes with a
+    # backslash; the local engine writes JSON text and RFC 4180 quoting, and so does this one.
+    frame = heart.head(20)
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+        "visits", pa.array([[i, i + 1] for i in range(len(frame))], pa.list_(pa.int64())))
+    table = table.append_column("note", pa.array(
+        [f'said "yes", then {i}' for i in range(len(frame))], pa.string()))
+    table = table.append_column("meta", pa.array(
+        [{"site": f"s{i % 3}", "n": i} for i in range(len(frame))],
+        pa.struct([("site", pa.string()), ("n", pa.int64())])))
+    source = tmp_path / "nested.parquet"
+    pq.write_table(table, source)
+    output = tmp_path / "nested.csv"
+    score_on_spark(heart_model, str(source), str(output), signature_types=HEART_TYPES,
+                   output_names=None)
+    scored = read_output(output, "csv")
+    assert [json.loads(v) for v in scored["visits"]] == [[i, i + 1] for i in range(len(frame))]
+    assert [json.loads(v) for v in scored["meta"]] == [
+        {"site": f"s{i % 3}", "n": i} for i in range(len(frame))]
+    assert scored["note"].tolist() == [f'said "yes", then {i}' for i in range(len(frame))]
+    assert scored["prediction"].tolist() == list(expected_predictions(heart_model, frame))
+
+
+def test_csv_quotes_and_backslashes_read_as_pandas_reads_them(
+        spark: SparkSession, heart_model: Path, heart: pd.DataFrame, tmp_path: Path) -> None:
+    frame = heart.head(12).assign(note=[
+        'said "no"', 'C:\\data\\x.csv', 'a, b', '\\"odd', "plain", 'end\\', '"', "",
+        "tab\there", 'x""y', "more", "last"])
+    source = tmp_path / "quoted.csv"
+    frame.to_csv(source, index=False)  # pandas: RFC 4180 quoting
+    output = tmp_path / "quoted-out.csv"
+    score_on_spark(heart_model, str(source), str(output), signature_types=HEART_TYPES,
+                   output_names=None)
+    scored = read_output(output, "csv")
+    expected = pd.read_csv(source)
+    assert scored["note"].fillna("").tolist() == expected["note"].fillna("").tolist()
+    assert scored["prediction"].tolist() == list(expected_predictions(heart_model, frame))
+    # A quoted value over two lines: refused (Spark splits a file by lines), never misread.
+    frame.assign(note="two\nlines").to_csv(tmp_path / "multiline.csv", index=False)
+    with pytest.raises(BadInput, match="Malformed"):
+        score_on_spark(heart_model, str(tmp_path / "multiline.csv"),
+                       str(tmp_path / "multiline-out.csv"), signature_types=HEART_TYPES,
+                       output_names=None)
+    assert not (tmp_path / "multiline-out.csv").exists()
+
+
 def test_multi_output_model_gives_one_column_per_output(spark: SparkSession, two_output_model: Path,
                                                         tmp_path: Path) -> None:
     frame = pd.DataFrame({"x": [0.5, 1.5, 2.5, 3.5, 4.0], "name": list("abcde")})

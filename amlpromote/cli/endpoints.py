@@ -340,9 +340,7 @@ def invoke(
     def action() -> Any:
         from amlpromote.core.errors import OperationFailed
 
-        if deployment is not None:
-            # Named by the user: an unknown one is "not found" here, not an HTTP 404 later.
-            _endpoint(platform, name).require_deployment(deployment)
+        # An unknown --deployment is NotFound from the platform's invoke (both check it).
         answer = platform.invoke(name, body, deployment=deployment)
         if answer.status != 200:
             detail = answer.body[:300].decode("utf-8", "replace").strip()

@@ -160,7 +160,8 @@ class EndpointPlatform(Protocol):
 
     def invoke(self, endpoint: str, body: bytes, deployment: str | None = None,
                content_type: str = "application/json", timeout: float = 90.0) -> Invocation:
-        """POST to the scoring URI (to one deployment when named), with the endpoint's key."""
+        """POST to the scoring URI (to one deployment when named), with the endpoint's key.
+        NotFound for an unknown endpoint or deployment, before anything is sent."""
         ...
 
     def set_traffic(self, endpoint: str, traffic: dict[str, int], mirror: dict[str, int],

@@ -355,9 +355,11 @@ def _col(name: str) -> SparkColumn:
 
 def _read(spark: SparkSession, files: list[str], fmt: str,
           signature_types: dict[str, str] | None, spec: str) -> DataFrame:
+    # CSV is read as RFC 4180 (a quote inside quotes is doubled), as pandas and the local engine
+    # read it: Spark's default escape, a backslash, would mangle Windows paths and "" quotes.
     if fmt == "csv":
         schema = _csv_schema(spark, files, signature_types, spec)
-        frames = [spark.read.options(header=True, mode="FAILFAST", enforceSchema=False)
+        frames = [spark.read.options(header=True, mode="FAILFAST", enforceSchema=False, escape='"')
                   .schema(schema).csv(f) for f in files]
     else:
         frames = [spark.read.parquet(f) for f in files]
@@ -383,8 +385,9 @@ def _csv_schema(spark: SparkSession, files: list[str],
 
     if not signature_types:
         # No signature: Spark infers the types, over every file at once so they agree.
-        return spark.read.options(header=True, inferSchema=True, mode="FAILFAST").csv(files).schema
-    header = spark.read.options(header=True).csv(files[0]).columns
+        return spark.read.options(header=True, inferSchema=True, mode="FAILFAST",
+                                  escape='"').csv(files).schema
+    header = spark.read.options(header=True, escape='"').csv(files[0]).columns
     if not header:
         raise BadInput(f"{files[0]} has no header row",
                        hint="CSV input needs a header naming the columns")
@@ -498,6 +501,21 @@ def _score(spark: SparkSession, frame: DataFrame, model_path: Path,
 
 # --- output ---------------------------------------------------------------------------------
 
+def _flat_for_csv(frame: DataFrame) -> DataFrame:
+    """The frame with each array, struct or map column (an input column passed through, or a
+    model's vector per row) as JSON text, as the local engine writes them: Spark's CSV writer
+    refuses nested columns."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types
+
+    nested = (types.ArrayType, types.MapType, types.StructType)
+    if not any(isinstance(field.dataType, nested) for field in frame.schema.fields):
+        return frame
+    return frame.select(*[
+        F.to_json(_col(field.name)).alias(field.name) if isinstance(field.dataType, nested)
+        else _col(field.name) for field in frame.schema.fields])
+
+
 def _output_format(spec: str, given: str | None) -> str:
     if given is not None:
         if given not in ("csv", "parquet"):
@@ -570,6 +588,8 @@ class _OutputTarget:
     @staticmethod
     def _save(frame: DataFrame, fmt: str, where: str, mode: str) -> None:
         """Run the one Spark job (read, score, write), cancelled if this process is stopped."""
+        if fmt == "csv":
+            frame = _flat_for_csv(frame)
         writer = frame.write.mode(mode)
         # A tag, not a job group: a session that is the caller's keeps its own group, and an
         # interrupt cancels only this run's jobs (Spark Connect sessions have no context).
@@ -581,7 +601,9 @@ class _OutputTarget:
             context.addJobTag(tag)
         try:
             if fmt == "csv":
-                writer.option("header", True).csv(where)
+                # RFC 4180 quoting ("" inside quotes), as pandas and the local engine write
+                # it: Spark's default escape is a backslash, which other readers keep as text.
+                writer.option("header", True).option("escape", '"').csv(where)
             else:
                 writer.parquet(where)
         except KeyboardInterrupt:
@@ -731,7 +753,8 @@ def _translate(exc: BaseException, spec: str) -> AmlPromoteError | None:
                     ("Job aborted", "An error occurred", "Exception thrown in awaitResult")):
                 details.append(cleaned)
         hint = ("fix or remove the malformed rows (CSV is read with its header, in FAILFAST "
-                "mode: a bad row fails the run)" if where.lower().endswith(".csv") or
+                "mode: a bad row fails the run; a quoted value over several lines needs "
+                "parquet or --engine local)" if where.lower().endswith(".csv") or
                 "Malformed" in text else "check that the file is what its name says")
         return BadInput(f"cannot read {where}: {'; '.join(details)[:400] or 'malformed'}",
                         hint=hint)

@@ -341,6 +341,9 @@ class LocalPlatform:
         import requests
 
         state = self._live_state(endpoint)
+        if deployment is not None:
+            # Named by the user: an unknown one is "not found", as on Azure ML, not a 404 later.
+            self._info(endpoint, self._folder(endpoint)).require_deployment(deployment)
         headers = {"Authorization": f"Bearer {self.get_key(endpoint)}",
                    "Content-Type": content_type}
         if deployment:
