@@ -398,3 +398,18 @@ def test_a_missing_input_is_reported_before_any_registry_is_read(work: Path) -> 
               "--input", str(work / "nope.csv"), "--output", str(work / "out.csv"))
     assert run.code == 3, run.both
     assert "--input" in run.stderr and "nope.csv" in run.stderr
+
+
+def test_without_a_signature_a_value_past_the_sampled_types_names_its_row(work: Path) -> None:
+    # README: types come from the first megabyte; a later decimal in a whole-number column is
+    # exit 2 naming the row (pandas, reading the whole file first, would widen the column).
+    model = write_custom_model(work / "nulls", "nulls", typed=False)
+    rows = 300_000  # "63,1\n" a row: 1.5 MB, past the sample
+    (work / "in.csv").write_text("age,sex\n" + "63,1\n" * rows + "1.5,1\n")
+    run = cli("score", "--model", str(model), "--input", str(work / "in.csv"),
+              "--output", str(work / "out.csv"))
+    assert run.code == 2, run.both
+    assert f"row {rows + 1:,}: column 'age' value '1.5' is not a long" in run.stderr, run.stderr
+    assert "first megabyte" in run.stderr
+    assert "Traceback" not in run.both
+    assert sorted(p.name for p in work.iterdir()) == ["in.csv", "nulls"]

@@ -61,7 +61,8 @@ _SAMPLE_BYTES = 1 << 20
 # MLflow scoring script read a CSV with, so the model sees None/NaN where they would give it.
 _NULL_TEXT = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
               "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
-_FIX_VALUES = "fix those values in the input, or score with a model whose signature takes them"
+_FIX_VALUES = ("fix those values in the input, or score with a model whose signature takes them "
+               "(without a signature, a CSV's types are those of its first megabyte)")
 
 
 @dataclass(frozen=True)
