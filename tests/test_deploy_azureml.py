@@ -286,6 +286,12 @@ def test_sigterm_while_provisioning_leaves_traffic_as_it_was(
     assert document["status"] == "failed" and "SIGTERM" in document["error"]
     assert "takes no traffic" in document["error"], document
     assert "endpoints delete" in document["hint"]
+    # Azure goes on provisioning it: a deploy to it meanwhile is refused before any write.
+    again = deploy(f"{names['heart']}/1", "--deployment", "stopped")
+    assert again.code == 1, again.both
+    assert "deployment stopped of endpoint" in again.document["error"], again.document
+    assert "is creating" in again.document["error"] and "interrupted" in again.document["error"]
+    assert traffic_of(azureml_box) == before
     assert box.wait_for_endpoint_operations(timeout=60)
     assert traffic_of(azureml_box) == before
     cleanup = cli("endpoints", "delete", ENDPOINT, "--deployment", "stopped", *COORDINATES)
