@@ -69,6 +69,15 @@ def deploy(world: dict[str, Any], endpoint: str, ref: str, *extra: str) -> Any:
                "-o", "json", *extra, env=world["env"])
 
 
+def deploy_in_background(world: dict[str, Any], endpoint: str, ref: str,
+                         *extra: str) -> subprocess.Popen[str]:
+    """The console script in a process of its own: a test can signal it, or race it."""
+    return subprocess.Popen(
+        [str(CONSOLE), "deploy", ref, "--endpoint", endpoint, "--target", world["registry"],
+         *extra], env={**os.environ, **world["env"]}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
 def show(world: dict[str, Any], endpoint: str) -> dict[str, Any]:
     run = cli("endpoints", "show", endpoint, "--local", "-o", "json", env=world["env"])
     assert run.code == 0, run.both
@@ -85,11 +94,8 @@ def test_of_two_concurrent_deploys_one_wins_and_the_other_changes_nothing(
     assert deploy(world, endpoint, world["v"]["heart1"]).code == 0
     before = show(world, endpoint)
 
-    first = subprocess.Popen(
-        [str(CONSOLE), "deploy", world["v"]["slow_load"], "--endpoint", endpoint, "--target",
-         world["registry"], "--traffic", "30", "-o", "json"],
-        env={**os.environ, **world["env"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    first = deploy_in_background(world, endpoint, world["v"]["slow_load"], "--traffic", "30",
+                                 "-o", "json")
     try:
         lock = world["data"] / "endpoints" / f".{endpoint}.deploy-lock"
         deadline = time.monotonic() + 60
@@ -165,11 +171,7 @@ def test_an_interrupted_deploy_leaves_its_load_visible_and_traffic_untouched(
     endpoint = "race-interrupt"
     assert deploy(world, endpoint, world["v"]["heart1"]).code == 0
     before = show(world, endpoint)
-    first = subprocess.Popen(
-        [str(CONSOLE), "deploy", world["v"]["slow_load"], "--endpoint", endpoint, "--target",
-         world["registry"]],
-        env={**os.environ, **world["env"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    first = deploy_in_background(world, endpoint, world["v"]["slow_load"])
     try:
         state = world["data"] / "endpoints" / endpoint / "state.json"
         deadline = time.monotonic() + 60
