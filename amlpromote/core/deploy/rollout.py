@@ -254,11 +254,13 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
     existing = endpoint.deployment(name) if endpoint else None
     if existing is not None and existing.state.lower() in ("creating", "updating", "deleting"):
         # ARM would answer the PUT 409; said before anything is made, with the likely cause.
+        state = existing.state.lower()
         raise EndpointBusy(
-            f"deployment {name} of endpoint '{request.endpoint}' is {existing.state.lower()} "
-            "(another deploy, or an interrupted one, is still at work on it)",
-            hint=f"wait until amlpromote endpoints show {request.endpoint} shows it Succeeded "
-                 "or Failed, then run again")
+            f"deployment {name} of endpoint '{request.endpoint}' is {state} "
+            + ("(a delete of it is under way)" if state == "deleting" else
+               "(another deploy, or an interrupted one, is still at work on it)"),
+            hint=f"wait for it to finish (amlpromote endpoints show {request.endpoint} shows "
+                 "its state), then run again")
     if request.dry_run:
         return result("planned", name, after, mirror_after, created_endpoint=endpoint is None,
                       replaced_deployment=replaced)
