@@ -1,10 +1,12 @@
-"""Local deploys that overlap, outlive their --timeout, or fail over an idle deployment.
+"""Local deploys that overlap, outlive their --timeout, fail over an idle deployment, or are
+interrupted.
 
 Each leaves the endpoint exactly as the rules say: one of two concurrent deploys wins and the
 other changes nothing; a load that ends after its deploy timed out and rolled back is
 discarded, never served; a failed replacement of the idle deployment of blue/green leaves the
-one that was there; the smoke test is bounded by --timeout. Real servers and models (loaders
-that sleep, tests/support/custom_models.py); nothing mocked.
+one that was there; the smoke test is bounded by --timeout; the load of an interrupted deploy
+shows as Creating and takes neither traffic nor another deploy until it ends. Real servers
+and models (loaders that sleep, tests/support/custom_models.py); nothing mocked.
 """
 
 from __future__ import annotations
