@@ -413,3 +413,34 @@ def test_without_a_signature_a_value_past_the_sampled_types_names_its_row(work: 
     assert "first megabyte" in run.stderr
     assert "Traceback" not in run.both
     assert sorted(p.name for p in work.iterdir()) == ["in.csv", "nulls"]
+
+
+def test_a_signal_as_the_run_ends_is_reported_truthfully_without_a_traceback(
+        work: Path) -> None:
+    # SIGTERM sent the moment the output appears lands in one of the last windows of the run:
+    # inside the command after its commit, as Typer returns, or in the interpreter's exit.
+    # Whichever it is: no traceback, and either a clean 0 or 143 with an error line that
+    # says the output is there.
+    import signal
+    import time
+
+    model = write_custom_model(work / "multi", "multi")
+    out = work / "out.csv"
+    for _ in range(4):
+        out.unlink(missing_ok=True)
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "amlpromote"), "score",
+                                 "--model", str(model), "--input", str(HEART_UNLABELED_CSV),
+                                 "--output", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not out.exists() and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.0002)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert "Traceback" not in stderr, stderr
+        assert proc.returncode in (0, 143), (proc.returncode, stdout, stderr)
+        assert len(pd.read_csv(out)) == 100  # the run had finished its output
+        if proc.returncode == 143:
+            assert "error: interrupted by SIGTERM: it came" in stderr, stderr
+            assert "nothing was changed" not in stderr and "nothing was written" not in stderr

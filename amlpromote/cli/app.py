@@ -106,21 +106,39 @@ def run_command_line(args: Sequence[str] | None = None) -> int:
         if signum is not None:
             # A signal outside `run()` (Click turns KeyboardInterrupt into Abort): while the
             # options were read, or while a finished command printed its result.
-            return Output(mode=_requested_mode(argv)).fail(Interrupted(
-                "it came outside the command's work: what was printed above happened, "
-                "nothing else was started", hint="amlpromote models show NAME --from target "
-                "shows what the target holds", signum=signum))
+            return interrupted_outside_the_work(argv, signum)
         # Ctrl-C or Ctrl-D at a prompt (Click turns both into Abort); nothing was written yet.
         return Output(mode=_requested_mode(argv)).fail(OperationFailed(
             "aborted at the prompt; nothing was written",
             hint="run it again, or pass the values as options"))
+    except KeyboardInterrupt as exc:
+        # Outside Click's own handling too (as its main returns, after the command ended).
+        from amlpromote.core.errors import interrupt_signal
+
+        return interrupted_outside_the_work(argv, interrupt_signal(exc))
     except Exception as exc:
         # Click's exceptions are not part of Typer's public API: known by what they carry.
         if not (callable(getattr(exc, "format_message", None))
                 and isinstance(getattr(exc, "exit_code", None), int)):
             raise
         return _command_line_failure(exc, argv)
+    from amlpromote.cli import interrupts
+
+    signum = interrupts.received()
+    if code == 130 and signum is not None and interrupts.unsaid():
+        # Typer turns a KeyboardInterrupt outside `run()` into a silent Exit(130), whichever
+        # signal it was: said here, with the signal's own code.
+        return interrupted_outside_the_work(argv, signum)
     return code if isinstance(code, int) else 0
+
+
+def interrupted_outside_the_work(argv: Sequence[str], signum: int) -> int:
+    """A signal that came before or after a command's work, not during it: what was printed
+    is what happened."""
+    return Output(mode=_requested_mode(list(argv))).fail(Interrupted(
+        "it came outside the command's work: what was printed above happened, nothing else "
+        "was started", hint="amlpromote models show NAME --from target shows what the target "
+        "holds", signum=signum))
 
 
 def _command_line_failure(exc: Exception, argv: list[str]) -> int:
@@ -178,7 +196,14 @@ def main() -> None:
     from amlpromote.cli import interrupts
 
     interrupts.install()
-    code = run_command_line()
+    try:
+        code = run_command_line()
+        interrupts.ending()
+    except KeyboardInterrupt as exc:  # between run_command_line's own handling and ending()
+        interrupts.ending()  # (a second signal this soon is ignored by the handler)
+        from amlpromote.core.errors import interrupt_signal
+
+        code = interrupted_outside_the_work(sys.argv[1:], interrupt_signal(exc))
     if interrupts.received() is not None:
         interrupts.exit_now(code)  # without joining worker threads stuck in I/O
     sys.exit(code)

@@ -28,6 +28,7 @@ from amlpromote.core.errors import Interrupted, Terminated, interrupt_signal
 _PATIENCE = 3.0
 
 _first: tuple[int, float] | None = None
+_said = False  # an `Interrupted` error line was printed for it
 
 
 def install() -> None:
@@ -36,6 +37,30 @@ def install() -> None:
     signal.signal(signal.SIGINT, _handle)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _handle)
+
+
+def ending() -> None:
+    """The command has ended and said so: SIGINT and SIGTERM are ignored for the rest of the
+    interpreter's exit (atexit callbacks, thread joins, module teardown), where a handler
+    raising would print a traceback nothing catches, and the default action Python restores
+    late in its exit would end the process with no word. The exit takes milliseconds; a
+    supervisor's SIGKILL still ends it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def said() -> None:
+    """An `Interrupted` failure was reported (Output.fail)."""
+    global _said
+    _said = True
+
+
+def unsaid() -> bool:
+    """A signal was received and no error line has said so yet."""
+    return _first is not None and not _said
 
 
 def received() -> int | None:

@@ -85,6 +85,9 @@ class Output:
     quiet: bool = False
     verbose: bool = False
     notes: list[str] = field(default_factory=list)
+    # What the command's work completed, once it has (e.g. "all 300 rows are in out.csv"): an
+    # interrupt that lands after it, before the result is printed, says that, not "nothing".
+    completed: str | None = None
 
     @property
     def json(self) -> bool:
@@ -145,6 +148,10 @@ class Output:
 
     def fail(self, error: AmlPromoteError) -> int:
         """Report an expected failure; returns the exit code."""
+        if error.kind == "interrupted":
+            from amlpromote.cli import interrupts
+
+            interrupts.said()
         if self.verbose:
             traceback.print_exception(error, file=self._err())
         print(f"error: {error.message}", file=self._err(), flush=True)

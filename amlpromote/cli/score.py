@@ -464,28 +464,36 @@ def _score_local(out: Output, found: _FoundModel, input_spec: str, destination: 
         local_engine.check_loads(model_dir)
     progress = RowProgress(out)
     sink: OutputSink = tables.open_output(destination, inputs, output_format, keep_partial)
-    with _reporting(sink):
+    with _reporting(out, sink):
         scored = local_engine.score(model_dir, inputs.batches(batch_size), sink, signature,
                                     workers=count, prediction_column=prediction_column,
                                     id_column=id_column, progress=progress)
         if scored.rows == 0:
             _write_empty(sink, inputs, signature, prediction_column, id_column)
         written = sink.commit()
-    progress.done()
-    return _summary("local", scored.rows, len(inputs.files), written.location, started,
-                    workers=count)
+        progress.done()
+        return _summary("local", scored.rows, len(inputs.files), written.location, started,
+                        workers=count)
 
 
 @contextlib.contextmanager
-def _reporting(sink: OutputSink) -> Iterator[OutputSink]:
+def _reporting(out: Output, sink: OutputSink) -> Iterator[OutputSink]:
     """The sink, aborted on any failure; an interrupt, or a failure after which rows are kept
-    (--keep-partial), says what the output holds now."""
+    (--keep-partial), says what the output holds now. The block runs up to the command's
+    result: an interrupt after the commit says the output is complete (after the block,
+    `out.completed` says it)."""
     from amlpromote.core.errors import AmlPromoteError, Interrupted, interrupt_signal
 
     with sink:
         try:
             yield sink
+            if sink.committed:
+                out.completed = sink.left_behind()
         except KeyboardInterrupt as exc:
+            if sink.committed:
+                raise Interrupted(f"it came after the work was done: {sink.left_behind()}",
+                                  hint="nothing needs to run again",
+                                  signum=interrupt_signal(exc)) from None
             sink.abort()
             raise Interrupted(f"scoring stopped; {sink.left_behind()}",
                               hint="run the same command again",
@@ -642,17 +650,19 @@ def _score_online(out: Output, endpoint: str, input_spec: str, destination: str,
     rows = 0
     sink: OutputSink = tables.open_output(destination, inputs, output_format, keep_partial)
     # closing(): a failure on the writing side stops the client's threads at once.
-    with _reporting(sink), contextlib.closing(
-            cast(Generator[Any, None, None], scorer.predict(frames(), progress))) as answered:
-        for _, _, answers in answered:
-            batch = order.popleft()
-            pairs = predictions.prediction_columns(answers, batch.rows, prediction_column,
-                                                   batch.describe())
-            sink.write(batch.file, predictions.with_predictions(batch.data, pairs, id_column))
-            rows += batch.rows
+    with _reporting(out, sink):
+        with contextlib.closing(cast(Generator[Any, None, None],
+                                     scorer.predict(frames(), progress))) as answered:
+            for _, _, answers in answered:
+                batch = order.popleft()
+                pairs = predictions.prediction_columns(answers, batch.rows, prediction_column,
+                                                       batch.describe())
+                sink.write(batch.file,
+                           predictions.with_predictions(batch.data, pairs, id_column))
+                rows += batch.rows
         if rows == 0:
             _write_empty(sink, inputs, signature, prediction_column, id_column)
         written = sink.commit()
-    progress.done()
-    return _summary("endpoint", rows, len(inputs.files), written.location, started,
-                    endpoint=endpoint, platform=platform.kind, deployment=deployment)
+        progress.done()
+        return _summary("endpoint", rows, len(inputs.files), written.location, started,
+                        endpoint=endpoint, platform=platform.kind, deployment=deployment)

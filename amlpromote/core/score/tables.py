@@ -977,8 +977,15 @@ class OutputSink:
         self._state = "committed"
         return OutputSummary(self._paths, self._rows, files, str(final))
 
+    @property
+    def committed(self) -> bool:
+        return self._state == "committed"
+
     def left_behind(self) -> str:
-        """What an aborted output left, in words for the failure's line."""
+        """What an aborted (or committed) output left, in words for the failure's line."""
+        if self.committed:
+            where = "were printed" if self._stream is not None else f"are in {self._spec}"
+            return f"all {self._rows:,} rows {where}"
         if self._stream is not None:
             return "the rows before it were printed" if self._rows else "nothing was printed"
         if self.kept is not None:
