@@ -104,8 +104,9 @@ def run_command_line(args: Sequence[str] | None = None) -> int:
 
         signum = interrupts.received()
         if signum is not None:
-            # A signal outside `run()` (Click turns KeyboardInterrupt into Abort): while the
-            # options were read, or while a finished command printed its result.
+            # A signal outside `run()` (Click turns KeyboardInterrupt into Abort; the Typer
+            # in use turns it into Exit(130), handled below): while the options were read, or
+            # while a finished command printed its result.
             return interrupted_outside_the_work(argv, signum)
         # Ctrl-C or Ctrl-D at a prompt (Click turns both into Abort); nothing was written yet.
         return Output(mode=_requested_mode(argv)).fail(OperationFailed(

@@ -490,11 +490,11 @@ def _reporting(out: Output, sink: OutputSink) -> Iterator[OutputSink]:
             if sink.committed:
                 out.completed = sink.left_behind()
         except KeyboardInterrupt as exc:
+            sink.abort()  # (an output renamed into place as the signal came stays: committed)
             if sink.committed:
                 raise Interrupted(f"it came after the work was done: {sink.left_behind()}",
                                   hint="nothing needs to run again",
                                   signum=interrupt_signal(exc)) from None
-            sink.abort()
             raise Interrupted(f"scoring stopped; {sink.left_behind()}",
                               hint="run the same command again",
                               signum=interrupt_signal(exc)) from None

@@ -888,7 +888,7 @@ class OutputSink:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._state == "open":
+        if self._state in ("open", "renaming"):
             self.abort()
 
     def write(self, file: InputFile, table: pa.Table | pa.RecordBatch) -> None:
@@ -967,6 +967,9 @@ class OutputSink:
             return OutputSummary(["-"], self._rows, files, "-")
         assert self._temp is not None and self._plan.final is not None
         final = self._plan.final
+        # A signal can land between the rename and the next line: abort() then looks at
+        # whether the temporary name is gone, and so never calls a complete output missing.
+        self._state = "renaming"
         if self._plan.kind == "folder":
             marker = {"tool": "amlpromote score", "rows": self._rows, "files": files,
                       "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
@@ -996,6 +999,12 @@ class OutputSink:
     def abort(self) -> OutputSummary | None:
         """Remove the temporary output, or with keep_partial rename it to `{name}.partial` and
         return where it is. Idempotent, and safe to call from a KeyboardInterrupt handler."""
+        if self._state == "renaming":
+            assert self._temp is not None
+            if not self._temp.exists():
+                self._state = "committed"  # the rename happened: the output is complete
+                return None
+            self._state = "open"
         if self._state != "open":
             return self.kept
         self._state = "aborted"
