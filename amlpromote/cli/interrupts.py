@@ -81,8 +81,12 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt()
 
 
-def as_error(exc: KeyboardInterrupt) -> Interrupted:
-    """An interrupt that core did not report itself: it landed before anything was staged."""
+def as_error(exc: KeyboardInterrupt, completed: str | None = None) -> Interrupted:
+    """An interrupt that core did not report itself: it landed before anything was staged,
+    or after the work was done (`completed` says what it did: Output.completed)."""
+    if completed is not None:
+        return Interrupted(f"it came after the work was done: {completed}",
+                           hint="nothing needs to run again", signum=interrupt_signal(exc))
     return Interrupted("stopped before anything was changed",
                        hint="run the same command again", signum=interrupt_signal(exc))
 

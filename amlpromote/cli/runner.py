@@ -84,13 +84,8 @@ def run(out: Output, action: Callable[[], T]) -> T:
         # Ctrl-C or SIGTERM (cli/interrupts.py) that core did not report as `Interrupted`
         # (which says what was registered): it landed before anything was staged.
         from amlpromote.cli.interrupts import as_error
-        from amlpromote.core.errors import Interrupted, interrupt_signal
 
-        if out.completed is not None:
-            raise typer.Exit(out.fail(Interrupted(
-                f"it came after the work was done: {out.completed}",
-                hint="nothing needs to run again", signum=interrupt_signal(exc)))) from None
-        raise typer.Exit(out.fail(as_error(exc))) from None
+        raise typer.Exit(out.fail(as_error(exc, out.completed))) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:

@@ -492,9 +492,8 @@ def _reporting(out: Output, sink: OutputSink) -> Iterator[OutputSink]:
         except KeyboardInterrupt as exc:
             sink.abort()  # (an output renamed into place as the signal came stays: committed)
             if sink.committed:
-                raise Interrupted(f"it came after the work was done: {sink.left_behind()}",
-                                  hint="nothing needs to run again",
-                                  signum=interrupt_signal(exc)) from None
+                out.completed = sink.left_behind()
+                raise  # run() reports it with what was completed
             raise Interrupted(f"scoring stopped; {sink.left_behind()}",
                               hint="run the same command again",
                               signum=interrupt_signal(exc)) from None
