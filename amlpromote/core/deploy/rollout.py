@@ -250,8 +250,8 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
     else:
         after = _split_after(before, name, request.traffic)
         mirror_after = {d: pct for d, pct in mirror_before.items() if d != name}
-    replaced = bool(endpoint and endpoint.deployment(name))
     existing = endpoint.deployment(name) if endpoint else None
+    replaced = existing is not None
     if existing is not None and existing.state.lower() in ("creating", "updating", "deleting"):
         # ARM would answer the PUT 409; said before anything is made, with the likely cause.
         state = existing.state.lower()
@@ -278,7 +278,7 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
     spec = DeploymentSpec(endpoint=request.endpoint, name=name, model=request.model,
                           settings=request.settings)
 
-    previous = endpoint.deployment(name) if replaced else None
+    previous = existing  # (the endpoint read above: a new endpoint has no deployments)
 
     def still_previous() -> str | None:
         """The model `name` still serves when a replacement of it failed to load and the
