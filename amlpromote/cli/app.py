@@ -94,14 +94,15 @@ def run_command_line(args: Sequence[str] | None = None) -> int:
     here it is one `error:` line and a `hint:` line, plus the failure document when JSON output
     was asked for, like every other failure. Tests in this process call this too."""
     argv = list(sys.argv[1:] if args is None else args)
+    from amlpromote.cli import interrupts
     from amlpromote.core.deploy.azureml_online import keep_poller_dots_off_stdout
+
+    interrupts.finished(None)
 
     keep_poller_dots_off_stdout()
     try:
         code = app(args=argv, prog_name="amlpromote", standalone_mode=False)
     except typer.Abort:
-        from amlpromote.cli import interrupts
-
         signum = interrupts.received()
         if signum is not None:
             # A signal outside `run()` (Click turns KeyboardInterrupt into Abort; the Typer
@@ -123,8 +124,6 @@ def run_command_line(args: Sequence[str] | None = None) -> int:
                 and isinstance(getattr(exc, "exit_code", None), int)):
             raise
         return _command_line_failure(exc, argv)
-    from amlpromote.cli import interrupts
-
     signum = interrupts.received()
     if code == 130 and signum is not None and interrupts.unsaid():
         # Typer turns a KeyboardInterrupt outside `run()` into a silent Exit(130), whichever
@@ -135,8 +134,14 @@ def run_command_line(args: Sequence[str] | None = None) -> int:
 
 def interrupted_outside_the_work(argv: Sequence[str], signum: int) -> int:
     """A signal that came before or after a command's work, not during it: what was printed
-    is what happened."""
-    return Output(mode=_requested_mode(list(argv))).fail(Interrupted(
+    is what happened, and what the work completed (Output.finish) is said."""
+    from amlpromote.cli import interrupts
+
+    out = Output(mode=_requested_mode(list(argv)))
+    completed = interrupts.finished_work()
+    if completed is not None:
+        return out.fail(interrupts.after_the_work(completed, signum))
+    return out.fail(Interrupted(
         "it came outside the command's work: what was printed above happened, nothing else "
         "was started", hint="amlpromote models show NAME --from target shows what the target "
         "holds", signum=signum))

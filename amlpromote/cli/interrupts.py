@@ -29,6 +29,9 @@ _PATIENCE = 3.0
 
 _first: tuple[int, float] | None = None
 _said = False  # an `Interrupted` error line was printed for it
+# What the running command's work completed (Output.finish): a signal after it, even one that
+# lands outside `run()` as the result is printed, says so rather than "nothing".
+_finished: str | None = None
 
 
 def install() -> None:
@@ -58,6 +61,16 @@ def said() -> None:
     _said = True
 
 
+def finished(what: str | None) -> None:
+    """The command's work completed `what` (None: a new command line starts)."""
+    global _finished
+    _finished = what
+
+
+def finished_work() -> str | None:
+    return _finished
+
+
 def unsaid() -> bool:
     """A signal was received and no error line has said so yet."""
     return _first is not None and not _said
@@ -83,12 +96,16 @@ def _handle(signum: int, frame: FrameType | None) -> None:
 
 def as_error(exc: KeyboardInterrupt, completed: str | None = None) -> Interrupted:
     """An interrupt that core did not report itself: it landed before anything was staged,
-    or after the work was done (`completed` says what it did: Output.completed)."""
+    or after the work was done (`completed` says what it did: Output.finish)."""
     if completed is not None:
-        return Interrupted(f"it came after the work was done: {completed}",
-                           hint="nothing needs to run again", signum=interrupt_signal(exc))
+        return after_the_work(completed, interrupt_signal(exc))
     return Interrupted("stopped before anything was changed",
                        hint="run the same command again", signum=interrupt_signal(exc))
+
+
+def after_the_work(completed: str, signum: int) -> Interrupted:
+    return Interrupted(f"it came after the work was done: {completed}",
+                       hint="nothing needs to run again", signum=signum)
 
 
 def exit_now(code: int) -> NoReturn:

@@ -87,7 +87,14 @@ class Output:
     notes: list[str] = field(default_factory=list)
     # What the command's work completed, once it has (e.g. "all 300 rows are in out.csv"): an
     # interrupt that lands after it, before the result is printed, says that, not "nothing".
-    completed: str | None = None
+    completed: str | None = None  # (set by finish)
+
+    def finish(self, what: str) -> None:
+        """The command's work is complete: `what` it left (one clause, for an error line)."""
+        from amlpromote.cli import interrupts
+
+        self.completed = what
+        interrupts.finished(what)
 
     @property
     def json(self) -> bool:

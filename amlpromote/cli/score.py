@@ -481,18 +481,18 @@ def _reporting(out: Output, sink: OutputSink) -> Iterator[OutputSink]:
     """The sink, aborted on any failure; an interrupt, or a failure after which rows are kept
     (--keep-partial), says what the output holds now. The block runs up to the command's
     result: an interrupt after the commit says the output is complete (after the block,
-    `out.completed` says it)."""
+    `out.finish` records it)."""
     from amlpromote.core.errors import AmlPromoteError, Interrupted, interrupt_signal
 
     with sink:
         try:
             yield sink
             if sink.committed:
-                out.completed = sink.left_behind()
+                out.finish(sink.left_behind())
         except KeyboardInterrupt as exc:
             sink.abort()  # (an output renamed into place as the signal came stays: committed)
             if sink.committed:
-                out.completed = sink.left_behind()
+                out.finish(sink.left_behind())
                 raise  # run() reports it with what was completed
             raise Interrupted(f"scoring stopped; {sink.left_behind()}",
                               hint="run the same command again",
