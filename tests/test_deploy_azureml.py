@@ -285,7 +285,9 @@ def test_sigterm_while_provisioning_leaves_traffic_as_it_was(
     document = json.loads(stdout)
     assert document["status"] == "failed" and "SIGTERM" in document["error"]
     assert "takes no traffic" in document["error"], document
-    assert "endpoints delete" in document["hint"]
+    # The hint's commands look where this deploy did: the same workspace options.
+    assert (f"amlpromote endpoints delete {ENDPOINT} --deployment stopped "
+            + " ".join(COORDINATES)) in document["hint"], document["hint"]
     # Azure goes on provisioning it: a deploy to it meanwhile is refused before any write.
     again = deploy(f"{names['heart']}/1", "--deployment", "stopped")
     assert again.code == 1, again.both

@@ -189,7 +189,7 @@ def test_an_interrupted_deploy_leaves_its_load_visible_and_traffic_untouched(
             first.kill()
     assert first.returncode == 130, out + err
     assert "deployment green was being created" in err and "Traceback" not in err, err
-    assert f"amlpromote endpoints show {endpoint}" in err, err
+    assert f"amlpromote endpoints show {endpoint} --local" in err, err  # where it looked
 
     # The server's load goes on: it is shown, and nothing may use green until it ends.
     during = show(world, endpoint)

@@ -274,7 +274,7 @@ def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: 
         raise BadInput(f"--smoke-input {smoke_input}: {what}",
                        hint="a JSON request file, or a CSV or parquet file of rows")
     profile_name, profile_values = default_profile(profile)
-    where = resolve_deploy_target(targets, profile_values, local)
+    where = resolve_deploy_target(targets, profile_values, local, profile)
     if where.local and auth_mode != "key":
         raise BadInput(f"local endpoints use key auth, not --auth-mode {auth_mode}",
                        hint="drop --auth-mode (key is the default), or deploy to Azure ML")

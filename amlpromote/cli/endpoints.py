@@ -92,7 +92,7 @@ def _platform(local: bool, target: str | None, profile: str | None, workspace: s
     _, values = default_profile(profile)
     where = resolve_deploy_target(target_options(target, workspace, resource_group,
                                                  subscription, registry, credential),
-                                  values, local)
+                                  values, local, profile)
     return open_platform(where)
 
 
@@ -338,6 +338,7 @@ def invoke(
                                           subscription, registry, credential))
 
     def action() -> Any:
+        from amlpromote.core.deploy.platform import endpoints_command
         from amlpromote.core.errors import OperationFailed
 
         # An unknown --deployment is NotFound from the platform's invoke (both check it).
@@ -348,8 +349,9 @@ def invoke(
             inner = f" (the model answered {reason})" if reason else ""
             raise OperationFailed(f"endpoint '{name}' answered HTTP {answer.status}{inner}: "
                                   f"{detail}",
-                                  hint=f"amlpromote endpoints logs {name} shows the server's "
-                                       "log")
+                                  hint=endpoints_command(platform, f"logs {name}" + (
+                                      f" --deployment {deployment}" if deployment else ""))
+                                  + " shows the server's log")
         return answer
 
     answer = run(out, action)

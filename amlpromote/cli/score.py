@@ -628,7 +628,7 @@ def _score_online(out: Output, endpoint: str, input_spec: str, destination: str,
     from amlpromote.core.score.signature import Signature, conform
 
     _, values = default_profile(profile)
-    where = resolve_deploy_target(targets, values, local)
+    where = resolve_deploy_target(targets, values, local, profile)
     platform = open_platform(where)
     info = require_endpoint(platform, endpoint)
     signatures = _endpoint_signatures(platform, info, deployment, where)

@@ -30,6 +30,7 @@ from amlpromote.core.deploy.platform import (
     EndpointInfo,
     Invocation,
     Progress,
+    endpoints_command,
 )
 from amlpromote.core.errors import (
     AmlPromoteError,
@@ -88,7 +89,8 @@ class AzureMlOnline:
     kind = "azureml"
 
     def __init__(self, subscription: str, resource_group: str, workspace: str,
-                 credential: NamedCredential) -> None:
+                 credential: NamedCredential, place: str = "") -> None:
+        self.place = place
         self.subscription = subscription
         self.resource_group = resource_group
         self.workspace = workspace
@@ -127,7 +129,8 @@ class AzureMlOnline:
                     raise _Missing() from None
                 _, message = azure_error(exc)
                 raise NotFound(f"{what}: not found in {self.where} ({message})",
-                               hint="amlpromote endpoints list shows the endpoints") from None
+                               hint=f"{endpoints_command(self, 'list')} shows the "
+                                    "endpoints") from None
             except HttpResponseError as exc:
                 if getattr(exc, "status_code", None) == 409:
                     code, message = azure_error(exc)
@@ -288,7 +291,8 @@ class AzureMlOnline:
         if state.lower() != "succeeded":
             raise OperationFailed(f"updating the traffic of endpoint '{endpoint}' ended "
                                   f"{state}: {self._operation_error(poller)}",
-                                  hint="amlpromote endpoints show shows the traffic now")
+                                  hint=f"{endpoints_command(self, 'show ' + endpoint)} shows "
+                                       "the traffic now")
 
     def delete_deployment(self, endpoint: str, deployment: str, progress: Progress,
                           deadline: float) -> None:
@@ -300,7 +304,9 @@ class AzureMlOnline:
                            deadline, gone_is_done=True)
         if state != "Deleted":
             raise OperationFailed(f"deleting deployment '{deployment}' ended {state}",
-                                  hint="run amlpromote endpoints delete again")
+                                  hint="run " + endpoints_command(
+                                      self, f"delete {endpoint} --deployment {deployment}")
+                                  + " again")
 
     def delete_endpoint(self, endpoint: str, progress: Progress, deadline: float) -> None:
         with self._calls(f"deleting endpoint '{endpoint}'"):
@@ -309,7 +315,8 @@ class AzureMlOnline:
                            progress, deadline, gone_is_done=True)
         if state != "Deleted":
             raise OperationFailed(f"deleting endpoint '{endpoint}' ended {state}",
-                                  hint="run amlpromote endpoints delete again")
+                                  hint="run " + endpoints_command(self, f"delete {endpoint}")
+                                  + " again")
 
     # -- data plane ------------------------------------------------------------------------
 
@@ -330,7 +337,8 @@ class AzureMlOnline:
         secret = (getattr(keys, "primary_key", None) or getattr(keys, "access_token", None))
         if not secret:
             raise OperationFailed(f"endpoint '{endpoint}' gave no key or token",
-                                  hint="check its auth mode with amlpromote endpoints show")
+                                  hint="check its auth mode with "
+                                       + endpoints_command(self, f"show {endpoint}"))
         return str(secret)
 
     def invoke(self, endpoint: str, body: bytes, deployment: str | None = None,
@@ -340,7 +348,7 @@ class AzureMlOnline:
         found = self.get_endpoint(endpoint)
         if found is None:
             raise NotFound(f"endpoint '{endpoint}' not found in {self.where}",
-                           hint="amlpromote endpoints list shows the endpoints")
+                           hint=f"{endpoints_command(self, 'list')} shows the endpoints")
         if deployment is not None:
             found.require_deployment(deployment)
         headers = {"Authorization": "Bearer " + self.get_key(endpoint),

@@ -23,6 +23,11 @@ def no_progress(what: str, state: str, elapsed: float) -> None:
     """The progress callback when nobody watches (JSON output, no terminal)."""
 
 
+def endpoints_command(platform: EndpointPlatform, words: str) -> str:
+    """`amlpromote endpoints WORDS`, with the options that find this platform's endpoints."""
+    return f"amlpromote endpoints {words}" + (f" {platform.place}" if platform.place else "")
+
+
 @dataclass
 class ModelVersion:
     """The registered version a deployment serves."""
@@ -139,6 +144,10 @@ class EndpointBusy(OperationFailed):
 
 class EndpointPlatform(Protocol):
     kind: str  # "azureml" | "local"
+    # The options that name this platform on a command line ("--local", "--profile prod",
+    # "--workspace W --resource-group RG --subscription S"): hints that name an `amlpromote
+    # endpoints` command carry them, so the command they suggest looks where this one did.
+    place: str
 
     def reserve(self, endpoint: str) -> AbstractContextManager[None]:
         """Held for a whole rollout to `endpoint`: EndpointBusy at once if another holds it

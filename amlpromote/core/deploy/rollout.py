@@ -33,6 +33,7 @@ from amlpromote.core.deploy.platform import (
     EndpointPlatform,
     ModelVersion,
     Progress,
+    endpoints_command,
     no_progress,
 )
 from amlpromote.core.errors import AmlPromoteError, BadInput, OperationFailed
@@ -199,8 +200,8 @@ def deploy(platform: EndpointPlatform, request: DeployRequest,
            preflight_warnings: list[str] | None = None) -> DeployResult:
     """Run the rollout; a Ctrl-C or SIGTERM is reported as what it left behind."""
     phase = ["nothing was changed"]
-    hint = [f"run the deploy again; amlpromote endpoints show {request.endpoint} shows the "
-            "endpoint"]
+    hint = [f"run the deploy again; {endpoints_command(platform, 'show ' + request.endpoint)} "
+            "shows the endpoint"]
     try:
         if request.dry_run:
             return _deploy(platform, request, progress, log, preflight_warnings, phase, hint)
@@ -259,8 +260,8 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
             f"deployment {name} of endpoint '{request.endpoint}' is {state} "
             + ("(a delete of it is under way)" if state == "deleting" else
                "(another deploy, or an interrupted one, is still at work on it)"),
-            hint=f"wait for it to finish (amlpromote endpoints show {request.endpoint} shows "
-                 "its state), then run again")
+            hint=f"wait for it to finish ({endpoints_command(platform, 'show ' + request.endpoint)}"
+                 " shows its state), then run again")
     if request.dry_run:
         return result("planned", name, after, mirror_after, created_endpoint=endpoint is None,
                       replaced_deployment=replaced)
@@ -269,8 +270,8 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
     if endpoint is None:
         phase[0] = (f"endpoint {request.endpoint} was being created; it serves no model "
                     "yet")
-        hint[0] = (f"run the deploy again, or remove it: amlpromote endpoints delete "
-                   f"{request.endpoint}")
+        hint[0] = ("run the deploy again, or remove it: "
+                   + endpoints_command(platform, f"delete {request.endpoint}"))
         log(f"creating endpoint {request.endpoint}")
         endpoint = platform.create_endpoint(request.endpoint, request.auth_mode, progress,
                                             deadline)
@@ -342,9 +343,9 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
     phase[0] = (f"deployment {name} was being created or smoke tested; it takes no traffic "
                 f"(traffic unchanged: {describe_traffic(before)})")
     # The platform goes on creating it (ARM's operation, the local server's load) after we stop.
-    hint[0] = (f"once amlpromote endpoints show {request.endpoint} shows {name} Succeeded or "
-               f"Failed, run the deploy again (it replaces {name}), or remove it: amlpromote "
-               f"endpoints delete {request.endpoint} --deployment {name}")
+    hint[0] = (f"once {endpoints_command(platform, 'show ' + request.endpoint)} shows {name} "
+               f"Succeeded or Failed, run the deploy again (it replaces {name}), or remove it: "
+               + endpoints_command(platform, f"delete {request.endpoint} --deployment {name}"))
     log(f"creating deployment {name} for {request.model.name}/{request.model.version}")
     try:
         created = platform.create_deployment(spec, progress, deadline)
@@ -353,8 +354,9 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
                         exc.hint or "fix what its logs name and deploy again") from None
     except DeploymentTimeout as exc:
         raise roll_back(f"deployment {name} did not finish: {exc.message}", logs_of(),
-                        "raise --timeout, or look at the logs with amlpromote endpoints "
-                        "logs") from None
+                        "raise --timeout, or look at the logs with "
+                        + endpoints_command(platform, f"logs {request.endpoint} --deployment "
+                                                      f"{name}")) from None
 
     smoke_rows = smoke_seconds = None
     if request.smoke is not None:
@@ -382,7 +384,8 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
         raise roll_back(f"the traffic of endpoint {request.endpoint} changed while this deploy "
                         f"ran (was {describe_traffic(before)}, now {seen}); it was not moved",
                         "", "another deploy or a traffic change ran at the same time; check "
-                            f"amlpromote endpoints show {request.endpoint} and run again",
+                            f"{endpoints_command(platform, 'show ' + request.endpoint)} and run "
+                            "again",
                         traffic_now=dict(now.traffic) if now else {})
     if ours is None or not _same_model(ours.model_asset_id, request.model.asset_id):
         # Replaced after its smoke test (another deploy to the same name): what would take
@@ -390,11 +393,11 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
         raise OperationFailed(
             f"deployment {name} was replaced or deleted by another operation after its smoke "
             f"test; traffic not moved ({describe_traffic(before)})",
-            hint="another deploy ran at the same time; check amlpromote endpoints show "
-                 f"{request.endpoint} and run again")
+            hint="another deploy ran at the same time; check "
+                 f"{endpoints_command(platform, 'show ' + request.endpoint)} and run again")
     phase[0] = (f"deployment {name} passed its smoke test; the traffic update to "
                 f"{describe_traffic(after)} was under way")
-    hint[0] = f"check the traffic with amlpromote endpoints show {request.endpoint}"
+    hint[0] = f"check the traffic with {endpoints_command(platform, 'show ' + request.endpoint)}"
     log(f"traffic: {describe_traffic(before)} -> {describe_traffic(after)}"
         + (f", mirror {describe_traffic(mirror_after)}" if mirror_after else ""))
     try:
@@ -407,8 +410,8 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
             # smoke test, so this is a deploy that worked but reported trouble.
             raise OperationFailed(f"moving traffic reported a failure ({exc.message}), but "
                                   f"the endpoint now routes {describe_traffic(now.traffic)}",
-                                  hint="check with amlpromote endpoints show "
-                                       f"{request.endpoint}") from None
+                                  hint="check with " + endpoints_command(
+                                      platform, f"show {request.endpoint}")) from None
         raise roll_back(f"moving traffic to deployment {name} failed: {exc.message}",
                         "", exc.hint or "run again") from None
 
@@ -470,7 +473,7 @@ def set_traffic(platform: EndpointPlatform, endpoint_name: str, traffic: dict[st
         # Worded as every other endpoints command says it (where.require_endpoint).
         where = "on this machine" if platform.kind == "local" else "in the workspace"
         raise NotFound(f"no endpoint '{endpoint_name}' {where}",
-                       hint="amlpromote endpoints list shows the endpoints")
+                       hint=f"{endpoints_command(platform, 'list')} shows the endpoints")
     names = {d.name for d in endpoint.deployments}
     unknown = sorted(set(traffic) - names) + sorted(set(mirror or {}) - names)
     if unknown:

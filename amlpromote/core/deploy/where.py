@@ -9,11 +9,12 @@ MLflow registry -> local endpoints. `--local` forces local endpoints for any tar
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 
 from amlpromote.core import config as cfg
 from amlpromote.core.azure.connection import PROVIDER, AzureMlScope
-from amlpromote.core.deploy.platform import EndpointInfo, EndpointPlatform
+from amlpromote.core.deploy.platform import EndpointInfo, EndpointPlatform, endpoints_command
 from amlpromote.core.errors import BadInput, NotFound
 from amlpromote.core.settings import ENDPOINT_NAME, TargetChoice, resolve_target
 from amlpromote.core.uris import RegistryUri
@@ -38,6 +39,7 @@ class DeployTarget:
     subscription: str | None = None
     resource_group: str | None = None
     workspace: str | None = None
+    place: str = ""  # EndpointPlatform.place
 
     @property
     def platform_kind(self) -> str:
@@ -51,10 +53,30 @@ class DeployTarget:
                 f"subscription {self.subscription})")
 
 
+# The options that choose an Azure ML workspace's endpoints, as a hint repeats them.
+_PLACE_FLAGS = (("target", "--target"), ("registry", "--registry"),
+                ("workspace", "--workspace"), ("resource_group", "--resource-group"),
+                ("subscription", "--subscription"), ("credential", "--credential"))
+
+
 def resolve_deploy_target(options: dict[str, str | None], profile: dict[str, str],
-                          local: bool) -> DeployTarget:
+                          local: bool, profile_name: str | None = None) -> DeployTarget:
     """Apply the precedence rule. An Azure ML registry target may come with a workspace (the
-    one whose endpoints serve it), which copy-model would refuse as a second target."""
+    one whose endpoints serve it), which copy-model would refuse as a second target.
+    `profile_name`: the --profile given, if one was (for DeployTarget.place)."""
+    target = _resolve(options, profile, local)
+    if not target.local:
+        words = ["--profile", profile_name] if profile_name else []
+        for key, flag in _PLACE_FLAGS:
+            value = options.get(key)
+            if value:
+                words += [flag, value]
+        target.place = shlex.join(words)
+    return target
+
+
+def _resolve(options: dict[str, str | None], profile: dict[str, str],
+             local: bool) -> DeployTarget:
     registry = cfg.resolve("registry", options.get("registry"), profile)
     workspace = cfg.resolve("workspace", options.get("workspace"), profile)
     target = cfg.resolve("target", options.get("target"), profile)
@@ -116,7 +138,7 @@ def open_platform(target: DeployTarget) -> EndpointPlatform:
 
     assert target.subscription and target.resource_group and target.workspace
     return AzureMlOnline(target.subscription, target.resource_group, target.workspace,
-                         make_credential(target.choice.credential))
+                         make_credential(target.choice.credential), place=target.place)
 
 
 def require_endpoint(platform: EndpointPlatform, name: str) -> EndpointInfo:
@@ -125,7 +147,7 @@ def require_endpoint(platform: EndpointPlatform, name: str) -> EndpointInfo:
     if found is None:
         where = "on this machine" if platform.kind == "local" else "in the workspace"
         raise NotFound(f"no endpoint '{name}' {where}",
-                       hint="amlpromote endpoints list shows the endpoints")
+                       hint=f"{endpoints_command(platform, 'list')} shows the endpoints")
     return found
 
 

@@ -30,6 +30,7 @@ from amlpromote.core.deploy.platform import (
     EndpointInfo,
     Invocation,
     Progress,
+    endpoints_command,
 )
 from amlpromote.core.errors import BadInput, NotFound, OperationFailed, Unreachable
 
@@ -59,6 +60,7 @@ class LocalPlatform:
     """Local online endpoints: loopback servers with Azure ML's scoring contract."""
 
     kind = "local"
+    place = "--local"  # local endpoints are this machine's, whatever the target
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -313,8 +315,8 @@ class LocalPlatform:
             raise BadInput(str(doc.get("message")))
         if status == 409:
             raise EndpointBusy(str(doc.get("message")),
-                               hint=f"wait until amlpromote endpoints show {endpoint} --local "
-                                    "shows it Succeeded, and set the traffic again")
+                               hint=f"wait until {endpoints_command(self, 'show ' + endpoint)}"
+                                    " shows it Succeeded, and set the traffic again")
         if status != 200:
             raise OperationFailed(f"setting traffic failed: {doc.get('message')}")
 
