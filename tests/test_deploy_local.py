@@ -194,6 +194,8 @@ def test_traffic_can_be_moved_back_by_hand_and_a_deployment_deleted(
     (tmp_path / "good.json").write_text('{"input_data": {"columns": ["age"], "data": [[63]]}}')
     for request, extra, code, message in [
             ("bad.json", (), 2, "bad.json line 1 column 36: not JSON"),
+            ("missing.json", (), 3, "missing.json: no such file"),
+            (".", (), 2, "--request-file"),  # a folder
             ("good.json", ("--deployment", "purple"), 3, "has no deployment 'purple'")]:
         sent = cli("endpoints", "invoke", ENDPOINT, "--request-file", str(tmp_path / request),
                    *extra, "--local", env=world["env"])
@@ -266,7 +268,6 @@ def test_bad_input_is_refused_before_anything_is_read(world: dict[str, Any],
         (("--smoke-input", str(wrong_columns)), "needs columns it lacks: age"),
         (("--timeout", "soon"), "not a duration"),
         (("--env", "NOEQUALS"), "KEY=VALUE"),
-        (("--smoke-input", str(tmp_path / "missing.csv")), "no such file"),
         (("--smoke-input", str(tmp_path)), "a folder, not a file"),
         (("--timeout", "0"), "the rollout needs some time"),
         (("--auth-mode", "password"), "--auth-mode"),
@@ -280,5 +281,11 @@ def test_bad_input_is_refused_before_anything_is_read(world: dict[str, Any],
         assert run.code == 2, (extra, run.both)
         assert expected in run.document["error"], (extra, run.document)
         assert "Traceback" not in run.both
+    # A missing input file is "not found" (README "Exit codes"), as score's --input is.
+    missing = cli("deploy", f"{NAME}/1", "--target", world["registry"], "-o", "json",
+                  "--endpoint", "heart-bad", "--smoke-input", str(tmp_path / "missing.csv"),
+                  env=world["env"])
+    assert missing.code == 3, missing.both
+    assert "no such file" in missing.document["error"], missing.document
     listed = cli("endpoints", "list", "--local", "-o", "json", env=world["env"])
     assert "heart-bad" not in [e["name"] for e in listed.document["endpoints"]]

@@ -24,7 +24,7 @@ from amlpromote.core.deploy.preflight import (
     preflight,
 )
 from amlpromote.core.deploy.smoke import SmokeRequest, check_smoke_answer, smoke_request
-from amlpromote.core.errors import EXIT_USAGE, BadInput, OperationFailed
+from amlpromote.core.errors import EXIT_USAGE, BadInput, NotFound, OperationFailed
 
 HEART_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang",
                  "oldpeak", "slope", "ca", "thal"]
@@ -570,8 +570,10 @@ def test_bad_user_files(tmp_path: Path, heart_folder: Path, name: str, content: 
 
 
 def test_missing_and_oversized_user_files(tmp_path: Path, heart_folder: Path) -> None:
-    with pytest.raises(BadInput, match="no such file"):
+    with pytest.raises(NotFound, match="no such file"):
         smoke_request(LocalModelFiles(heart_folder), tmp_path / "nope.csv")
+    with pytest.raises(BadInput, match="a folder, not a file"):
+        smoke_request(LocalModelFiles(heart_folder), tmp_path)
     big = tmp_path / "big.csv"
     big.write_text("a,b\n" + "123456789,987654321\n" * 100_000)
     with pytest.raises(BadInput, match="refuse requests over 1500000 bytes"):

@@ -313,11 +313,14 @@ def invoke(
     def read() -> bytes:
         import json
 
-        from amlpromote.core.errors import BadInput
+        from amlpromote.core.errors import BadInput, NotFound
 
         example = "a JSON file such as {\"input_data\": {\"columns\": [...], \"data\": [[...]]}}"
         try:
             data = request_file.read_bytes()
+        except FileNotFoundError:  # exit 3, as a missing --input of score (README "Exit codes")
+            raise NotFound(f"--request-file {request_file}: no such file",
+                           hint=example) from None
         except OSError as exc:
             raise BadInput(f"--request-file {request_file}: {exc.strerror or exc}",
                            hint=example) from None

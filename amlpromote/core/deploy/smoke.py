@@ -29,7 +29,7 @@ from amlpromote.core.deploy.preflight import (
     loads_json,
     read_mlmodel,
 )
-from amlpromote.core.errors import BadInput, OperationFailed
+from amlpromote.core.errors import BadInput, NotFound, OperationFailed
 
 # Managed online endpoints answer 413 to a request payload over 1.5 MB
 # (how-to-troubleshoot-online-endpoints.md, "HTTP status codes"); a smoke test never needs one.
@@ -136,8 +136,10 @@ def check_smoke_answer(status: int, body: bytes, rows: int) -> None:
 # --- the user's file ---------------------------------------------------------------------------
 
 def _from_user_file(path: Path) -> SmokeRequest:
-    if not path.is_file():
-        raise BadInput(f"--smoke-input {path}: no such file", SMOKE_INPUT_HINT)
+    if path.is_dir():
+        raise BadInput(f"--smoke-input {path}: a folder, not a file", SMOKE_INPUT_HINT)
+    if not path.is_file():  # exit 3, as a missing --input of score (README "Exit codes")
+        raise NotFound(f"--smoke-input {path}: no such file", SMOKE_INPUT_HINT)
     kind = _file_kind(path)
     if kind == "json":
         return _from_request_file(path)
