@@ -280,6 +280,25 @@ def test_fake_parquet_zero_byte_csv_unknown_extension(tmp_path: Path) -> None:
     assert _bad(str(bad_json)).startswith(f"{bad_json} row 2: not a JSON object")
 
 
+def test_an_endpoint_request_document_is_named_as_such(tmp_path: Path) -> None:
+    # Azure ML's request file (README's examples/heart/request.json) and MLflow serving's
+    # shapes, pretty-printed or on one line: not rows, and the hint names the command for it.
+    split = {"columns": ["age", "thal"], "index": [0, 1], "data": [[63, "fixed"], [67, "x"]]}
+    for name, document, indent in [("pretty.json", {"input_data": split}, 1),
+                                   ("line.json", {"dataframe_split": split}, None),
+                                   ("records.jsonl", {"dataframe_records": [{"age": 1}]}, None),
+                                   ("tensor.json", {"inputs": [[1.0, 2.0]]}, None)]:
+        path = tmp_path / name
+        path.write_text(json.dumps(document, indent=indent))
+        message = _bad(str(path))
+        assert message == f"{path} is an endpoint request (one JSON document with the rows " \
+            "inside), not rows", message
+    # Rows whose only column is named like a request key are rows.
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text('{"inputs": "a"}\n{"inputs": "b"}\n')
+    assert _read_all(open_input(str(rows))).column("inputs").to_pylist() == ["a", "b"]
+
+
 def test_missing_path_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no such file or folder"):
         open_input(str(tmp_path / "nope.csv"))

@@ -561,6 +561,8 @@ def _jsonl_schema(file: InputFile,
     import pyarrow as pa
 
     inferred = _jsonl_reader(file, None).schema
+    if len(inferred) == 1 and _request_document(file):
+        raise _request_error(file)
     kinds = {f.name: (types or {}).get(f.name, f.type) for f in inferred}
     schema = pa.schema([pa.field(n, k) for n, k in kinds.items()])
     return schema, {f.name: f.type for f in schema if f.type != inferred.field(f.name).type}
@@ -586,7 +588,34 @@ _JSON_CHANGED = re.compile(r"Column\(/(.*?)\) changed from (\w+) to (\w+) in row
 _JSON_ROW = re.compile(r"^JSON parse error: (.*?)\.? in row (\d+)")
 
 
+# An online endpoint's request document (Azure ML's `input_data`, MLflow serving's
+# `dataframe_split`/`dataframe_records`/`instances`/`inputs`): one object whose only key holds
+# the rows, where a JSON-lines input holds one row per line.
+_REQUEST_START = re.compile(
+    rb'^\s*\{\s*"(input_data|dataframe_split|dataframe_records|instances|inputs)"\s*:\s*[\[{]')
+
+
+def _request_document(file: InputFile) -> bool:
+    if file.path is None:  # standard input: what was read of it is gone
+        return False
+    try:
+        with open(file.path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return _REQUEST_START.match(head.lstrip(b"\xef\xbb\xbf")) is not None
+
+
+def _request_error(file: InputFile) -> BadInput:
+    return BadInput(f"{file.name} is an endpoint request (one JSON document with the rows "
+                    "inside), not rows", hint=f"send it with amlpromote endpoints invoke NAME "
+                    f"--request-file {file.name}; score reads CSV, parquet or JSON lines (one "
+                    "row object per line)")
+
+
 def _json_error(file: InputFile, exc: Exception, rows_before: int) -> BadInput:
+    if rows_before == 0 and _request_document(file):
+        return _request_error(file)
     message = _arrow_message(exc)
     hint = "fix that line: one JSON object per line, each column one type"
     changed = _JSON_CHANGED.search(message)
