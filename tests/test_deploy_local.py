@@ -200,6 +200,12 @@ def test_traffic_can_be_moved_back_by_hand_and_a_deployment_deleted(
         sent = cli("endpoints", "invoke", ENDPOINT, "--request-file", str(tmp_path / request),
                    *extra, "--local", env=world["env"])
         assert sent.code == code and message in sent.stderr.splitlines()[0], sent.both
+    (tmp_path / "rows.csv").write_text("age\n63\n")
+    rows = cli("endpoints", "invoke", ENDPOINT, "--request-file", str(tmp_path / "rows.csv"),
+               "--local", env=world["env"])
+    assert rows.code == 2, rows.both
+    assert (f"hint: rows go through amlpromote score --endpoint {ENDPOINT} --input "
+            f"{tmp_path / 'rows.csv'} --output - --local") in rows.stderr, rows.both
     gone = cli("endpoints", "delete", ENDPOINT, "--deployment", "green", "--local",
                env=world["env"])
     assert gone.code == 0, gone.both

@@ -316,6 +316,11 @@ def invoke(
         from amlpromote.core.errors import BadInput, NotFound
 
         example = "a JSON file such as {\"input_data\": {\"columns\": [...], \"data\": [[...]]}}"
+        if request_file.suffix.lower() in (".csv", ".parquet", ".pq", ".jsonl", ".ndjson"):
+            # Rows, not a request: score turns them into requests (batched, with progress).
+            example = (f"rows go through amlpromote score --endpoint {name} --input "
+                       f"{request_file} --output -{' --local' if local else ''}; "
+                       f"--request-file takes {example}")
         try:
             data = request_file.read_bytes()
         except FileNotFoundError:  # exit 3, as a missing --input of score (README "Exit codes")
