@@ -112,3 +112,44 @@ def test_help_shows_synopses_and_examples_as_written(columns: str) -> None:
             assert line in shown, f"{name} --help at {columns} columns rewrapped {line!r}"
         # A continuation backslash ends its line; one inside a line is a rewrapped example.
         assert not re.search(r"\\ \S", result.output), f"{name} --help at {columns} columns"
+
+
+def _examples(help_text: str) -> list[list[str]]:
+    """The help's example command lines as words, continuation backslashes joined."""
+    import shlex
+
+    joined = re.sub(r"\\\s*\n\s*", " ", help_text)
+    return [shlex.split(line.strip()) for line in joined.splitlines()
+            if line.strip().startswith("amlpromote ")]
+
+
+def _parse(root: Any, words: list[str]) -> None:
+    """Read `words` (an amlpromote command line) as Click does, without running the command."""
+    target, rest = root, words[1:]
+    while rest and rest[0] in getattr(target, "commands", {}):
+        target, rest = target.commands[rest[0]], rest[1:]
+    assert not getattr(target, "commands", None), words
+    try:
+        target.make_context(" ".join(words[:len(words) - len(rest)]), list(rest))
+    except Exception as exc:  # Click's usage errors carry the reason
+        pytest.fail(f"{' '.join(words)}: {exc}")
+
+
+def test_every_help_and_readme_example_parses_with_the_commands_options() -> None:
+    # Each example is read by the command it names, as Click reads a command line (its
+    # options, their values, their checks), without running it: a renamed or dropped option,
+    # or a value out of bounds, in an example fails here.
+    root = typer.main.get_command(app)
+    helps = [words for _, command in _commands(root) for words in _examples(command.help or "")]
+    assert len(helps) >= len(COMMANDS) + len(SUBCOMMANDS)
+    blocks = "\n".join(re.findall(r"```(?:bash|sh)?\n(.*?)```", README, re.S))
+    readme = [words[:next((i for i, w in enumerate(words) if w in ("|", ">", "2>")),
+                          len(words))]
+              for words in _examples(re.sub(r"\s#.*", "", blocks))
+              # (a line of output shown in a block is not a command line)
+              if len(words) > 1 and words[1] in getattr(root, "commands", {})]
+    assert len(readme) >= 10
+    for words in [*helps, *readme]:
+        _parse(root, words)
+    with pytest.raises(pytest.fail.Exception, match="No such option"):
+        _parse(root, ["amlpromote", "deploy", "m/1", "--endpoint", "e", "--no-such-option"])
