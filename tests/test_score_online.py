@@ -276,14 +276,17 @@ def test_local_endpoint_model_failure_names_the_row_range(local: Local,
     broken = heart_rows(heart_frame, 80).drop(columns=["thal"])
     batches = [("a.csv", 0, good), ("b.csv", 0, broken.iloc[:30]),
                ("b.csv", 30, broken.iloc[30:].reset_index(drop=True))]
-    scorer = OnlineScorer(local.scoring_uri, fixed(local.key), batch_size=25, concurrency=1)
+    scorer = OnlineScorer(local.scoring_uri, fixed(local.key), "blue", batch_size=25,
+                          concurrency=1, name=ENDPOINT, place="--local")
     with pytest.raises(OperationFailed) as caught:
         list(scorer.predict(batches))
     message = caught.value.message
     assert message.startswith("rows 1-25 of b.csv: ")
     assert "424" in message and "model status 500" in message
     assert "unexpected error occurred in scoring script" in message
-    assert caught.value.hint and "endpoints logs" in caught.value.hint
+    # The log command as the user runs it: this endpoint, its deployment, where it is.
+    assert caught.value.hint and (f"amlpromote endpoints logs {ENDPOINT} --deployment blue "
+                                  "--local") in caught.value.hint, caught.value.hint
 
 
 def test_local_endpoint_oversized_requests_are_split(local: Local,

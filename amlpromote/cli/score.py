@@ -636,7 +636,8 @@ def _score_online(out: Output, endpoint: str, input_spec: str, destination: str,
     inputs = _open_checked(out, signatures, input_spec, destination, output_format)
     _check_id_column(inputs, id_column)
     scorer = OnlineScorer(info.scoring_uri, lambda: platform.get_key(endpoint), deployment,
-                          batch_size=batch_size, concurrency=concurrency)
+                          batch_size=batch_size, concurrency=concurrency, name=endpoint,
+                          place=platform.place)
     progress = RowProgress(out)
     order: collections.deque[Any] = collections.deque()
 

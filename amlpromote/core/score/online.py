@@ -112,17 +112,18 @@ class OnlineScorer:
     `authorization()` returns what goes after "Bearer " (an endpoint key or a token); it is
     called when scoring starts and once more after a 401. `deployment` pins one deployment
     (the `azureml-model-deployment` header) instead of the endpoint's traffic split. `verify`
-    is requests' `verify`: True uses the default CA bundle (or REQUESTS_CA_BUNDLE).
+    is requests' `verify`: True uses the default CA bundle (or REQUESTS_CA_BUNDLE). `name`
+    and `place` (EndpointPlatform.place) make the hints' `amlpromote endpoints` commands.
     """
 
     def __init__(self, scoring_uri: str, authorization: Callable[[], str],
                  deployment: str | None = None, *, batch_size: int = 100,
                  concurrency: int = 4, max_attempts: int = 8, timeout: float = 90.0,
-                 verify: str | bool = True) -> None:
-        for name, value in (("batch size", batch_size), ("concurrency", concurrency),
+                 verify: str | bool = True, name: str = "NAME", place: str = "") -> None:
+        for what, value in (("batch size", batch_size), ("concurrency", concurrency),
                             ("attempts", max_attempts)):
             if value < 1:
-                raise BadInput(f"the {name} must be at least 1, not {value}")
+                raise BadInput(f"the {what} must be at least 1, not {value}")
         if timeout <= 0:
             raise BadInput(f"the request timeout must be positive, not {timeout}")
         self.scoring_uri = scoring_uri
@@ -133,6 +134,8 @@ class OnlineScorer:
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.verify = verify
+        self.name = name
+        self.place = place
         parsed = urllib.parse.urlsplit(scoring_uri)
         # What errors call the endpoint: never the query (a URI could carry a signature there).
         host = parsed.hostname or ""
@@ -175,6 +178,13 @@ class OnlineScorer:
         if self.deployment:
             session.headers[DEPLOYMENT_HEADER] = self.deployment
         return session
+
+    def command(self, verb: str, deployment: bool = False) -> str:
+        """`amlpromote endpoints VERB NAME ...` for this endpoint, as a hint names it."""
+        words = [verb, self.name]
+        if deployment and self.deployment:
+            words += ["--deployment", self.deployment]
+        return " ".join(["amlpromote endpoints", *words, *([self.place] if self.place else [])])
 
     def _target(self) -> str:
         return (f"deployment {self.deployment!r} of the endpoint at {self.where}"
@@ -424,7 +434,7 @@ class _Run:
                     raise Unreachable(
                         f"{piece.describe()}: {scorer._target()} did not answer "
                         f"({_exception_name(exc)}) in {attempt} attempts",
-                        hint="check that the endpoint is up (amlpromote endpoints show), the "
+                        hint=f"check that the endpoint is up ({scorer.command('show')}), the "
                              "network and the proxy settings") from None
                 self._pause(attempt, None)
                 continue
@@ -433,8 +443,8 @@ class _Run:
                     raise AuthFailed(
                         f"{piece.describe()}: {scorer._target()} refused the key or token "
                         f"(401): {_message(content)}",
-                        hint="check the endpoint's key or your login (amlpromote endpoints "
-                             "keys NAME shows the key is readable)")
+                        hint=f"check the endpoint's key or your login ({scorer.command('keys')} "
+                             "shows the key is readable)")
                 refreshed = True
                 token, generation = self.credential.refresh(generation)
                 continue
@@ -452,8 +462,8 @@ class _Run:
             if status == 404:
                 raise NotFound(
                     f"{piece.describe()}: {scorer._target()} answered 404: {_message(content)}",
-                    hint="check the endpoint and --deployment names (amlpromote endpoints "
-                         "show NAME lists its deployments)")
+                    hint=f"check the endpoint and --deployment names ({scorer.command('show')} "
+                         "lists its deployments)")
             container = response.headers.get(MODEL_ERROR_STATUS_HEADER)
             what = f"{status}" + (f" (model status {container})" if container else "")
             retryable = status in RETRYABLE_STATUS or (
@@ -462,7 +472,7 @@ class _Run:
                 raise OperationFailed(
                     f"{piece.describe()}: {scorer._target()} answered {what}: "
                     f"{_message(content)}",
-                    hint=_hint_for(status, container))
+                    hint=_hint_for(status, container, scorer.command("logs", deployment=True)))
             if attempt >= scorer.max_attempts:
                 raise OperationFailed(
                     f"{piece.describe()}: {scorer._target()} still answered {what} after "
@@ -587,13 +597,13 @@ def _message(content: bytes) -> str:
     return line if len(line) <= MESSAGE_CHARS else line[:MESSAGE_CHARS - 3] + "..."
 
 
-def _hint_for(status: int, container: str | None) -> str:
+def _hint_for(status: int, container: str | None, logs: str) -> str:
     if status == 424 and container == "500":
-        return ("the model failed on these rows: see the deployment's log (amlpromote endpoints "
-                "logs NAME) and check the rows against the model's signature")
+        return (f"the model failed on these rows: see the deployment's log ({logs}) and check "
+                "the rows against the model's signature")
     if status in (400, 415) or (status == 424 and container in ("400", "415")):
         return "the endpoint could not read these rows as the model's input"
-    return "see the deployment's log (amlpromote endpoints logs NAME)"
+    return f"see the deployment's log ({logs})"
 
 
 def _exception_name(exc: BaseException) -> str:
