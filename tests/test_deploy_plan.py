@@ -40,8 +40,12 @@ def test_the_new_deployment_is_whichever_of_blue_and_green_takes_no_traffic() ->
     assert _choose_name(request(), None) == "blue"
     assert _choose_name(request(), endpoint({"blue": 100})) == "green"
     assert _choose_name(request(), endpoint({"green": 100, "blue": 0})) == "blue"
-    with pytest.raises(BadInput, match="both blue and green"):
-        _choose_name(request(), endpoint({"blue": 50, "green": 50}))
+    with pytest.raises(BadInput, match="both blue and green") as caught:
+        _choose_name(request(), endpoint({"blue": 50, "green": 50}),
+                     "amlpromote endpoints traffic e blue=100 green=0 --local")
+    # The rollout passes the command as the platform names it (endpoints_command).
+    assert "(e.g. amlpromote endpoints traffic e blue=100 green=0 --local)" in str(
+        caught.value.hint)
 
 
 def test_a_named_deployment_that_takes_traffic_is_never_replaced_in_place() -> None:

@@ -158,7 +158,8 @@ def _split_after(before: dict[str, int], new: str, share: int) -> dict[str, int]
     return {name: pct for name, pct in after.items() if pct > 0 or name == new}
 
 
-def _choose_name(request: DeployRequest, endpoint: EndpointInfo | None) -> str:
+def _choose_name(request: DeployRequest, endpoint: EndpointInfo | None,
+                 traffic_command: str = "amlpromote endpoints traffic NAME") -> str:
     traffic = endpoint.traffic if endpoint else {}
     if request.deployment:
         name = request.deployment
@@ -175,7 +176,7 @@ def _choose_name(request: DeployRequest, endpoint: EndpointInfo | None) -> str:
             return name
     raise BadInput(f"both blue and green take traffic on endpoint '{request.endpoint}'",
                    hint="name the new deployment with --deployment, or move all traffic to "
-                        "one of them first (amlpromote endpoints traffic)")
+                        f"one of them first (e.g. {traffic_command})")
 
 
 def _unchanged(request: DeployRequest, endpoint: EndpointInfo) -> str | None:
@@ -241,7 +242,8 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
         same = _unchanged(request, endpoint)
         if same is not None:
             return result("unchanged", same, before, mirror_before)
-    name = _choose_name(request, endpoint)
+    name = _choose_name(request, endpoint, endpoints_command(
+        platform, f"traffic {request.endpoint} blue=100 green=0"))
     if request.mirror is not None:
         after = dict(before)
         if not _live(before):
