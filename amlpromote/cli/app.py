@@ -137,14 +137,11 @@ def interrupted_outside_the_work(argv: Sequence[str], signum: int) -> int:
     is what happened, and what the work completed (Output.finish) is said."""
     from amlpromote.cli import interrupts
 
-    out = Output(mode=_requested_mode(list(argv)))
-    completed = interrupts.finished_work()
-    if completed is not None:
-        return out.fail(interrupts.after_the_work(completed, signum))
-    return out.fail(Interrupted(
+    error = interrupts.after_the_work(signum) or Interrupted(
         "it came outside the command's work: what was printed above happened, nothing else "
         "was started", hint="amlpromote models show NAME --from target shows what the target "
-        "holds", signum=signum))
+        "holds", signum=signum)
+    return Output(mode=_requested_mode(list(argv))).fail(error)
 
 
 def _command_line_failure(exc: Exception, argv: list[str]) -> int:

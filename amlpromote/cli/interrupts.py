@@ -67,10 +67,6 @@ def finished(what: str | None) -> None:
     _finished = what
 
 
-def finished_work() -> str | None:
-    return _finished
-
-
 def unsaid() -> bool:
     """A signal was received and no error line has said so yet."""
     return _first is not None and not _said
@@ -94,17 +90,19 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt()
 
 
-def as_error(exc: KeyboardInterrupt, completed: str | None = None) -> Interrupted:
+def as_error(exc: KeyboardInterrupt) -> Interrupted:
     """An interrupt that core did not report itself: it landed before anything was staged,
-    or after the work was done (`completed` says what it did: Output.finish)."""
-    if completed is not None:
-        return after_the_work(completed, interrupt_signal(exc))
-    return Interrupted("stopped before anything was changed",
-                       hint="run the same command again", signum=interrupt_signal(exc))
+    or after the work was done (what it did: Output.finish)."""
+    return after_the_work(interrupt_signal(exc)) or Interrupted(
+        "stopped before anything was changed", hint="run the same command again",
+        signum=interrupt_signal(exc))
 
 
-def after_the_work(completed: str, signum: int) -> Interrupted:
-    return Interrupted(f"it came after the work was done: {completed}",
+def after_the_work(signum: int) -> Interrupted | None:
+    """The interrupt's error when the command's work was complete (Output.finish), else None."""
+    if _finished is None:
+        return None
+    return Interrupted(f"it came after the work was done: {_finished}",
                        hint="nothing needs to run again", signum=signum)
 
 

@@ -85,15 +85,13 @@ class Output:
     quiet: bool = False
     verbose: bool = False
     notes: list[str] = field(default_factory=list)
-    # What the command's work completed, once it has (e.g. "all 300 rows are in out.csv"): an
-    # interrupt that lands after it, before the result is printed, says that, not "nothing".
-    completed: str | None = None  # (set by finish)
-
     def finish(self, what: str) -> None:
-        """The command's work is complete: `what` it left (one clause, for an error line)."""
+        """The command's work is complete: `what` it left (one clause, for an error line, e.g.
+        "all 300 rows are in out.csv"). An interrupt that lands after it, before the result is
+        printed, says that, not "nothing" (kept by cli/interrupts.py for the process: a signal
+        outside `run()` is reported where no Output is at hand)."""
         from amlpromote.cli import interrupts
 
-        self.completed = what
         interrupts.finished(what)
 
     @property

@@ -85,7 +85,7 @@ def run(out: Output, action: Callable[[], T]) -> T:
         # (which says what was registered): it landed before anything was staged.
         from amlpromote.cli.interrupts import as_error
 
-        raise typer.Exit(out.fail(as_error(exc, out.completed))) from None
+        raise typer.Exit(out.fail(as_error(exc))) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
