@@ -357,8 +357,7 @@ def invoke(
             inner = f" (the model answered {reason})" if reason else ""
             raise OperationFailed(f"endpoint '{name}' answered HTTP {answer.status}{inner}: "
                                   f"{detail}",
-                                  hint=endpoints_command(platform, f"logs {name}" + (
-                                      f" --deployment {deployment}" if deployment else ""))
+                                  hint=endpoints_command(platform, f"logs {name}", deployment)
                                   + " shows the server's log")
         return answer
 

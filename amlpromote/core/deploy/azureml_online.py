@@ -305,8 +305,7 @@ class AzureMlOnline:
         if state != "Deleted":
             raise OperationFailed(f"deleting deployment '{deployment}' ended {state}",
                                   hint="run " + endpoints_command(
-                                      self, f"delete {endpoint} --deployment {deployment}")
-                                  + " again")
+                                      self, f"delete {endpoint}", deployment) + " again")
 
     def delete_endpoint(self, endpoint: str, progress: Progress, deadline: float) -> None:
         with self._calls(f"deleting endpoint '{endpoint}'"):

@@ -23,9 +23,15 @@ def no_progress(what: str, state: str, elapsed: float) -> None:
     """The progress callback when nobody watches (JSON output, no terminal)."""
 
 
-def endpoints_command(platform: EndpointPlatform, words: str) -> str:
-    """`amlpromote endpoints WORDS`, with the options that find this platform's endpoints."""
-    return f"amlpromote endpoints {words}" + (f" {platform.place}" if platform.place else "")
+class Placed(Protocol):
+    place: str  # EndpointPlatform.place
+
+
+def endpoints_command(where: Placed, words: str, deployment: str | None = None) -> str:
+    """`amlpromote endpoints WORDS [--deployment D]`, with the options that find the endpoints
+    of `where` (a platform, or a client of one of its endpoints)."""
+    words += f" --deployment {deployment}" if deployment else ""
+    return f"amlpromote endpoints {words}" + (f" {where.place}" if where.place else "")
 
 
 @dataclass

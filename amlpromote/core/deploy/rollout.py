@@ -347,7 +347,7 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
     # The platform goes on creating it (ARM's operation, the local server's load) after we stop.
     hint[0] = (f"once {endpoints_command(platform, 'show ' + request.endpoint)} shows {name} "
                f"Succeeded or Failed, run the deploy again (it replaces {name}), or remove it: "
-               + endpoints_command(platform, f"delete {request.endpoint} --deployment {name}"))
+               + endpoints_command(platform, f"delete {request.endpoint}", name))
     log(f"creating deployment {name} for {request.model.name}/{request.model.version}")
     try:
         created = platform.create_deployment(spec, progress, deadline)
@@ -357,8 +357,7 @@ def _deploy(platform: EndpointPlatform, request: DeployRequest, progress: Progre
     except DeploymentTimeout as exc:
         raise roll_back(f"deployment {name} did not finish: {exc.message}", logs_of(),
                         "raise --timeout, or look at the logs with "
-                        + endpoints_command(platform, f"logs {request.endpoint} --deployment "
-                                                      f"{name}")) from None
+                        + endpoints_command(platform, f"logs {request.endpoint}", name)) from None
 
     smoke_rows = smoke_seconds = None
     if request.smoke is not None:

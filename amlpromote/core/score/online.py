@@ -45,6 +45,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from amlpromote.core.deploy.platform import endpoints_command
 from amlpromote.core.deploy.scoring import (
     DEPLOYMENT_HEADER,
     MAX_PAYLOAD_BYTES,
@@ -181,10 +182,8 @@ class OnlineScorer:
 
     def command(self, verb: str, deployment: bool = False) -> str:
         """`amlpromote endpoints VERB NAME ...` for this endpoint, as a hint names it."""
-        words = [verb, self.name]
-        if deployment and self.deployment:
-            words += ["--deployment", self.deployment]
-        return " ".join(["amlpromote endpoints", *words, *([self.place] if self.place else [])])
+        return endpoints_command(self, f"{verb} {self.name}",
+                                 self.deployment if deployment else None)
 
     def _target(self) -> str:
         return (f"deployment {self.deployment!r} of the endpoint at {self.where}"
