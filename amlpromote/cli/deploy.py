@@ -251,7 +251,7 @@ def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: 
         open_platform,
         resolve_deploy_target,
     )
-    from amlpromote.core.errors import BadInput, NotFound
+    from amlpromote.core.errors import BadInput
     from amlpromote.core.refs import parse_model_ref
 
     # Every input is checked before anything is read.
@@ -269,12 +269,10 @@ def _deploy(out: Output, targets: dict[str, str | None], *, ref: str, endpoint: 
                             "target of any MLflow version as it is")
     seconds = parse_duration(timeout)
     variables = parse_env(env)
-    if smoke_input is not None and not smoke_input.is_file():
-        # A missing input file is exit 3 (README "Exit codes"), a folder is bad input.
-        kind = BadInput if smoke_input.is_dir() else NotFound
-        what = "a folder, not a file" if smoke_input.is_dir() else "no such file"
-        raise kind(f"--smoke-input {smoke_input}: {what}",
-                   hint="a JSON request file, or a CSV or parquet file of rows")
+    if smoke_input is not None:
+        from amlpromote.core.deploy.smoke import check_user_file
+
+        check_user_file(smoke_input)
     profile_name, profile_values = default_profile(profile)
     where = resolve_deploy_target(targets, profile_values, local, profile)
     if where.local and auth_mode != "key":

@@ -135,11 +135,18 @@ def check_smoke_answer(status: int, body: bytes, rows: int) -> None:
 
 # --- the user's file ---------------------------------------------------------------------------
 
-def _from_user_file(path: Path) -> SmokeRequest:
+def check_user_file(path: Path) -> None:
+    """--smoke-input names a file: a folder is bad input, a missing file is not found (exit 3,
+    as a missing --input of score: README "Exit codes")."""
+    hint = "a JSON request file, or a CSV or parquet file of rows"
     if path.is_dir():
-        raise BadInput(f"--smoke-input {path}: a folder, not a file", SMOKE_INPUT_HINT)
-    if not path.is_file():  # exit 3, as a missing --input of score (README "Exit codes")
-        raise NotFound(f"--smoke-input {path}: no such file", SMOKE_INPUT_HINT)
+        raise BadInput(f"--smoke-input {path}: a folder, not a file", hint)
+    if not path.is_file():
+        raise NotFound(f"--smoke-input {path}: no such file", hint)
+
+
+def _from_user_file(path: Path) -> SmokeRequest:
+    check_user_file(path)
     kind = _file_kind(path)
     if kind == "json":
         return _from_request_file(path)
