@@ -366,6 +366,22 @@ def test_abort_leaves_nothing_and_is_idempotent(tmp_path: Path) -> None:
         out.write(inputs.files[0], _read_all(inputs))
 
 
+def test_abort_removes_the_folders_it_created_and_only_those(tmp_path: Path) -> None:
+    inputs = open_input(str(_lf_heart(tmp_path / "in")))
+    (tmp_path / "existing").mkdir()
+    final = tmp_path / "existing" / "new" / "deeper" / "o.csv"
+    with pytest.raises(KeyboardInterrupt), open_output(str(final), inputs) as out:
+        assert final.parent.is_dir()  # created at open, so writing can start
+        out.write(inputs.files[0], next(inputs.batches(100)).data)
+        raise KeyboardInterrupt
+    assert [p.name for p in (tmp_path / "existing").iterdir()] == []  # it was there before
+    # A kept partial output keeps the folders that hold it.
+    out = open_output(str(final), inputs, keep_partial=True)
+    out.write(inputs.files[0], next(inputs.batches(100)).data)
+    kept = out.abort()
+    assert kept is not None and Path(kept.location).parent == final.parent
+
+
 def test_keep_partial_leaves_a_readable_partial(tmp_path: Path) -> None:
     inputs = open_input(str(_lf_heart(tmp_path / "in")), HEART_TYPES)
     out = open_output(str(tmp_path / "o.parquet"), inputs, keep_partial=True)

@@ -49,7 +49,7 @@ from amlpromote.core.errors import AmlPromoteError, BadInput, NotFound, Operatio
 
 # The marker of a folder written by `amlpromote score`, and how one is put in place: the same
 # for Spark's folders as for the local engine's.
-from amlpromote.core.score.tables import MARKER, replace_folder
+from amlpromote.core.score.tables import MARKER, make_parents, remove_made, replace_folder
 
 if TYPE_CHECKING:
     from pyspark.sql import Column as SparkColumn
@@ -536,6 +536,7 @@ class _OutputTarget:
         self.spec = spec
         self.local = _local_path(spec) if _is_local(spec) else None
         self.temporary: Path | None = None
+        self.made: list[Path] = []  # the output's parent folders this run created
         self.replace = False
         self.model = ""
         self.input = ""
@@ -577,7 +578,7 @@ class _OutputTarget:
         if self.local is None:
             self._save(frame, fmt, self.spec, "overwrite" if self.replace else "errorifexists")
             return
-        self.local.parent.mkdir(parents=True, exist_ok=True)
+        self.made = make_parents(self.local.parent)
         self.temporary = self.local.parent / f".{self.local.name}.partial-{secrets.token_hex(4)}"
         try:
             self._save(frame, fmt, str(self.temporary), "errorifexists")
@@ -617,15 +618,15 @@ class _OutputTarget:
                     context.removeJobTag(tag)
 
     def _discard(self, keep_partial: bool) -> None:
-        if self.temporary is None or not self.temporary.exists():
-            return
-        if keep_partial and self.local is not None:
-            kept = self.local.parent / f"{self.local.name}.partial"
-            if kept.is_dir():
-                shutil.rmtree(kept)
-            self.temporary.rename(kept)
-        else:
+        if self.temporary is not None and self.temporary.exists():
+            if keep_partial and self.local is not None:
+                kept = self.local.parent / f"{self.local.name}.partial"
+                if kept.is_dir():
+                    shutil.rmtree(kept)
+                self.temporary.rename(kept)
+                return
             shutil.rmtree(self.temporary, ignore_errors=True)
+        remove_made(self.made)
 
     def finish(self, spark: SparkSession, rows: int) -> None:
         """Mark the folder as ours, then move it into place (local) or leave it (URIs)."""

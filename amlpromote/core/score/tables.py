@@ -880,14 +880,39 @@ def open_output(spec: str, inputs: InputSet, format: str | None = None,
                           stdout if stdout is not None else sys.stdout.buffer)
     assert plan.final is not None
     temp = plan.final.parent / f".{plan.final.name}.partial-{secrets.token_hex(4)}"
+    made: list[Path] = []
     try:
-        plan.final.parent.mkdir(parents=True, exist_ok=True)
+        made = make_parents(plan.final.parent)
         if plan.kind == "folder":
             temp.mkdir()
     except OSError as exc:
+        remove_made(made)
         raise BadInput(f"--output {spec}: cannot create it ({exc.strerror or exc})",
                        hint="check the folder's permissions or choose another --output") from exc
-    return OutputSink(plan, inputs, spec, keep_partial, temp, None)
+    return OutputSink(plan, inputs, spec, keep_partial, temp, None, made)
+
+
+def make_parents(folder: Path) -> list[Path]:
+    """Create `folder` with its missing parents (an --output in a new folder) and return the
+    ones this created, deepest first, for remove_made: a run that fails leaves the file system
+    as it found it, not a tree of empty folders."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_made(folders: list[Path]) -> None:
+    """Remove the folders make_parents created, deepest first, while they are empty: one that
+    holds something (a kept partial output, another program's file) stays, with its parents."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 class OutputSink:
@@ -896,8 +921,10 @@ class OutputSink:
     without commit aborts as well."""
 
     def __init__(self, plan: _Plan, inputs: InputSet, spec: str, keep_partial: bool,
-                 temp: Path | None, stream: BinaryIO | None) -> None:
+                 temp: Path | None, stream: BinaryIO | None, made: list[Path] | None = None
+                 ) -> None:
         self._plan = plan
+        self._made = made or []  # folders open_output created, removed again by abort()
         self._inputs = inputs
         self._spec = spec
         self._keep_partial = keep_partial
@@ -1058,6 +1085,7 @@ class OutputSink:
                 self.kept = OutputSummary([str(kept)], self._rows, len(self._paths), str(kept))
                 return self.kept
             _remove(temp)
+            remove_made(self._made)
         except OSError:
             pass
         return None
