@@ -400,11 +400,16 @@ def test_own_session_is_created_and_stopped(heart_model: Path, tmp_path: Path) -
         print("active", SparkSession.getActiveSession())
         print("sigint handler kept", signal.getsignal(signal.SIGINT) is handler)
     """)
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("PYSPARK_PYTHON", None)  # the engine sets the workers' Python itself
+    env = dict(os.environ)
+    # The engine sets the workers' Python and, for a local master, the JVM's address itself;
+    # with no Spark configuration of the user's, it also quiets the JVM's logging.
+    for name in ("PYSPARK_PYTHON", "SPARK_LOCAL_IP", "SPARK_CONF_DIR", "SPARK_HOME"):
+        env.pop(name, None)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, cwd=REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    for noise in ("log4j profile", "Setting default log level", " WARN ", "resolves to a loopback"):
+        assert noise not in done.stderr, done.stderr[-2000:]
     assert "rows 303" in done.stdout and "active None" in done.stdout
     # SparkContext installs its own SIGINT handler; the caller's (the CLI's) is put back.
     assert "sigint handler kept True" in done.stdout

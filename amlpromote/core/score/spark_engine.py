@@ -187,16 +187,23 @@ def _session(master: str) -> tuple[SparkSession, bool]:
             # executors must reach the driver, so other masters keep Spark's defaults.)
             builder = builder.config("spark.driver.host", "127.0.0.1")
             builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
+        if _no_spark_configuration():
+            builder = builder.config("spark.driver.extraJavaOptions",
+                                     f"-Dlog4j2.configurationFile={_LOG4J2.as_uri()}")
     # env_manager="local": the Python workers must be this interpreter, with the model's
     # packages, not whatever `python3` is first on PATH. SparkContext reads PYSPARK_PYTHON once,
     # when it starts, so it is set only for that moment.
-    python = {} if "PYSPARK_PYTHON" in os.environ or submitted else \
+    launch_env = {} if "PYSPARK_PYTHON" in os.environ or submitted else \
         {"PYSPARK_PYTHON": sys.executable}
+    if not submitted and master.startswith("local") and "SPARK_LOCAL_IP" not in os.environ:
+        # Else the JVM looks up this host's network address at start (and warns on stderr
+        # that it resolves to loopback, "using" the network interface's address instead).
+        launch_env["SPARK_LOCAL_IP"] = "127.0.0.1"
     # SparkContext installs its own SIGINT handler (cancel every job, raise KeyboardInterrupt);
     # the caller's handler is put back, and `_OutputTarget.write` cancels our own jobs.
     previous = signal.getsignal(signal.SIGINT)
     try:
-        with _environment(python):
+        with _environment(launch_env):
             spark = builder.getOrCreate()
         if threading.current_thread() is threading.main_thread() and previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -209,6 +216,19 @@ def _session(master: str) -> tuple[SparkSession, bool]:
         # Java stack trace on stderr.
         spark.sparkContext.setLogLevel("FATAL")
     return spark, True
+
+
+_LOG4J2 = Path(__file__).with_name("spark-log4j2.properties")
+
+
+def _no_spark_configuration() -> bool:
+    """Whether Spark would run with its built-in defaults: no SPARK_CONF_DIR and no conf/
+    under SPARK_HOME. Only then is the JVM's logging ours to quiet; a user's log4j2.properties
+    or spark-defaults.conf (which may set extraJavaOptions) is left to do what it says."""
+    if os.environ.get("SPARK_CONF_DIR"):
+        return False
+    home = os.environ.get("SPARK_HOME")
+    return not (home and (Path(home) / "conf").exists())
 
 
 @contextlib.contextmanager
