@@ -116,6 +116,38 @@ def two_output_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+FLOAT_CODE = '''
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class Twice(PythonModel):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
+        return model_input["f"].astype("float64") * 2
+
+
+mlflow.models.set_model(Twice())
+'''
+
+
+@pytest.fixture(scope="module")
+def float_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose signature takes a float (float32) column."""
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    folder = tmp_path_factory.mktemp("float-input")
+    code = folder / "twice.py"
+    code.write_text(FLOAT_CODE)
+    path = folder / "model"
+    mlflow.pyfunc.save_model(path, python_model=str(code), pip_requirements=["mlflow", "pandas"],
+                             signature=ModelSignature(inputs=Schema([ColSpec("float", "f")]),
+                                                      outputs=Schema([ColSpec("double")])))
+    return path
+
+
 @pytest.fixture(scope="module")
 def heart() -> pd.DataFrame:
     return pd.read_csv(HEART_CSV)
@@ -300,6 +332,29 @@ def test_malformed_csv_fails_naming_the_file(spark: SparkSession, heart_model: P
     assert str(source) in message and "Malformed" in message
     assert "\n" not in message and "at org." not in message and "file:" not in message
     assert not (tmp_path / "new").exists()
+
+
+def test_a_csv_number_beyond_a_float_fails_instead_of_scoring_infinity(
+        spark: SparkSession, float_model: Path, tmp_path: Path) -> None:
+    # Spark alone parses "1e40" into a FloatType column as Infinity.
+    source = tmp_path / "floats.csv"
+    source.write_text("f,name\n1.5,a\n-3.4e38,b\nInf,c\n")  # Spark's word for inf
+    output = tmp_path / "ok.parquet"
+    score_on_spark(float_model, str(source), str(output), signature_types={"f": "float"},
+                   output_names=None)
+    scored = read_output(output, "parquet")
+    assert str(scored["f"].dtype) == "float32" and scored["name"].tolist() == ["a", "b", "c"]
+    assert scored["prediction"].tolist()[0] == 3.0 and scored["prediction"].tolist()[2] == \
+        float("inf")
+    source.write_text("f,name\n1.5,a\n1e40,b\n")
+    output = tmp_path / "bad.parquet"
+    with pytest.raises(BadInput) as caught:
+        score_on_spark(float_model, str(source), str(output), signature_types={"f": "float"},
+                       output_names=None)
+    assert caught.value.message == (f"{source}: column 'f' value 1.0E40 is beyond a float's "
+                                    "range (about ±3.4e38)")
+    assert not output.exists()
+    assert_clean_beside(output)
 
 
 def test_keep_partial_keeps_the_failed_folder(spark: SparkSession, heart_model: Path,

@@ -247,6 +247,27 @@ def test_two_bad_columns_of_a_batch_are_named_together(tmp_path: Path) -> None:
                        "row 2: column 'b' value 'oops' is not a double")
 
 
+def test_a_number_beyond_a_float_is_an_error_not_infinity(tmp_path: Path) -> None:
+    # pyarrow alone reads '1e40' into a float32 column as inf (and so does its JSON reader).
+    csv = tmp_path / "in.csv"
+    csv.write_text("f\n1.5\n3.4e38\n-1e40\n")
+    assert _bad(str(csv), {"f": pa.float32()}) == \
+        f"{csv} row 3: column 'f' value '-1e40' is beyond a float's range (about ±3.4e38)"
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"f": 1}\n{"f": 1.5}\n{"f": 1e40}\n')
+    assert _bad(str(jsonl), {"f": pa.float32()}) == \
+        f"{jsonl} row 3: column 'f' value 1e+40 is beyond a float's range (about ±3.4e38)"
+    # In range, infinity words and missing values read as before.
+    csv.write_text("f\n1.5\ninf\nNA\n-3.4e38\n")
+    table = _read_all(open_input(str(csv), {"f": pa.float32()}))
+    assert table.schema.field("f").type == pa.float32()
+    values = table.column("f").to_pylist()
+    assert values[:3] == [1.5, float("inf"), None] and values[3] == pytest.approx(-3.4e38)
+    jsonl.write_text('{"f": 1}\n{"f": 1.5}\n')
+    assert _read_all(open_input(str(jsonl), {"f": pa.float32()})).column("f").to_pylist() == \
+        [1.0, 1.5]
+
+
 def test_bad_value_in_a_later_block_counts_rows_across_blocks(tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     rows = [f"{i},{i}" for i in range(300_000)]

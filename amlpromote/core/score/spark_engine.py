@@ -379,8 +379,10 @@ def _read(spark: SparkSession, files: list[str], fmt: str,
     # read it: Spark's default escape, a backslash, would mangle Windows paths and "" quotes.
     if fmt == "csv":
         schema = _csv_schema(spark, files, signature_types, spec)
-        frames = [spark.read.options(header=True, mode="FAILFAST", enforceSchema=False, escape='"')
-                  .schema(schema).csv(f) for f in files]
+        frames = [_narrow_floats(spark.read.options(header=True, mode="FAILFAST",
+                                                    enforceSchema=False, escape='"')
+                                 .schema(schema).csv(f), f, signature_types)
+                  for f in files]
     else:
         frames = [spark.read.parquet(f) for f in files]
         first = _shape(frames[0].schema)
@@ -411,9 +413,39 @@ def _csv_schema(spark: SparkSession, files: list[str],
     if not header:
         raise BadInput(f"{files[0]} has no header row",
                        hint="CSV input needs a header naming the columns")
-    return types.StructType([types.StructField(name, _spark_type(signature_types[name])
-                                               if name in signature_types else
-                                               types.StringType()) for name in header])
+    # A float column is read as a double and narrowed by _narrow_floats: Spark parses "1e40"
+    # into a float as Infinity, a value the row never had.
+    return types.StructType([types.StructField(
+        name, types.DoubleType() if signature_types.get(name) == "float" else
+        _spark_type(signature_types[name]) if name in signature_types else types.StringType())
+        for name in header])
+
+
+_FLOAT_MAX = 3.4028234663852886e38
+_OUR_ERROR = "amlpromote: "  # starts the message of a check of ours that fails a Spark job
+
+
+def _narrow_floats(frame: DataFrame, path: str,
+                   signature_types: dict[str, str] | None) -> DataFrame:
+    """The signature's float columns of a CSV (read as doubles) as floats; a finite value
+    beyond a float's range fails the job with a message naming the file, column and value."""
+    from pyspark.sql import functions as F
+
+    floats = {n for n, kind in (signature_types or {}).items() if kind == "float"}
+    if not floats & set(frame.columns):
+        return frame
+    where = _LOCAL_FILE_URI.sub(r"\1", path)
+
+    def narrow(name: str) -> SparkColumn:
+        value = _col(name)
+        beyond = (F.abs(value) > F.lit(_FLOAT_MAX)) & ~F.isnan(value) & \
+            (F.abs(value) != F.lit(float("inf")))
+        message = F.concat(F.lit(f"{_OUR_ERROR}{where}: column {name!r} value "),
+                           value.cast("string"), F.lit(" is beyond a float's range (about "
+                                                       "±3.4e38)"))
+        return F.when(beyond, F.raise_error(message)).otherwise(value.cast("float")).alias(name)
+
+    return frame.select(*[narrow(n) if n in floats else _col(n) for n in frame.columns])
 
 
 def _shape(schema: StructType) -> list[tuple[str, str]]:
@@ -754,6 +786,9 @@ def _translate(exc: BaseException, spec: str) -> AmlPromoteError | None:
         return OperationFailed(f"the model failed while scoring {spec}: {python}",
                                hint="run the model on a few of these rows with --engine local "
                                     "to see which ones")
+    ours = next((m for m in map(_clean, messages) if m.startswith(_OUR_ERROR)), None)
+    if ours is not None:
+        return BadInput(ours.removeprefix(_OUR_ERROR), hint="fix those values in the input")
     if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
         return NotFound(f"input {spec} does not exist: {_clean(messages[-1])}",
                         hint="check the --input path")

@@ -573,7 +573,10 @@ def _jsonl_blocks(file: InputFile, schema: pa.Schema) -> Iterator[pa.RecordBatch
     first block does not make a later 1.5 an error."""
     import pyarrow as pa
 
-    explicit = pa.schema([f for f in schema if pa.types.is_floating(f.type)])
+    # As doubles: pyarrow would parse 1e40 into a float32 column as infinity; _conform
+    # narrows them, and refuses a value beyond a float's range.
+    explicit = pa.schema([pa.field(f.name, pa.float64()) for f in schema
+                          if pa.types.is_floating(f.type)])
     reader = _jsonl_reader(file, explicit if len(explicit) else None)
     rows = 0
     try:
@@ -668,7 +671,7 @@ def _convert(column: pa.Array, kind: pa.DataType, name: str,
     source = column
     try:
         # Clean columns (most of them) convert in one cast.
-        return pc.cast(column, kind), None
+        return _cast(column, kind), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     if _is_text(column.type) and not _is_text(kind):
@@ -678,27 +681,48 @@ def _convert(column: pa.Array, kind: pa.DataType, name: str,
         column = pc.if_else(pc.is_in(column, value_set=pa.array(_NULL_TEXT)),
                             pa.scalar(None, column.type), column)
         try:
-            return pc.cast(column, kind), None
+            return _cast(column, kind), None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
     bad = _first_bad(column, kind)
     value = source[bad].as_py()
     shown = repr(value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "...")
-    return column, (f"row {first_row + bad + 1:,}: column {name!r} value {shown} is not "
-                    f"{_type_words(kind)}")
+    what = f"is not {_type_words(kind)}"
+    if pa.types.is_float32(kind) and _casts(column.slice(bad, 1), pa.float64()):
+        what = "is beyond a float's range (about ±3.4e38)"
+    return column, f"row {first_row + bad + 1:,}: column {name!r} value {shown} {what}"
+
+
+def _cast(column: pa.Array, kind: pa.DataType) -> pa.Array:
+    """pc.cast, except that a number beyond a float's range is an error (ArrowInvalid):
+    pyarrow parses text such as '1e40' into a float32 infinity, a value the row never had."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_float32(kind) or pa.types.is_float32(column.type):
+        return pc.cast(column, kind)
+    wide = pc.cast(column, pa.float64())
+    narrow = pc.cast(wide, kind)
+    if pc.any(pc.and_(pc.is_inf(narrow), pc.invert(pc.is_inf(wide)))).as_py():
+        raise pa.ArrowInvalid("a value beyond a float's range")
+    return narrow
+
+
+def _casts(column: pa.Array, kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    try:
+        _cast(column, kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
 
 
 def _first_bad(column: pa.Array, kind: pa.DataType) -> int:
     """The index of the first value that does not cast, by halving (each half is one cast)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     def fails(offset: int, length: int) -> bool:
-        try:
-            pc.cast(column.slice(offset, length), kind)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return True
-        return False
+        return not _casts(column.slice(offset, length), kind)
 
     lo, hi = 0, len(column)
     while hi - lo > 1:
