@@ -60,9 +60,7 @@ Examples:
 """
 
 # The settings a profile holds, as options of `configure` (show, list and delete take none).
-_SETTING_FLAGS = {"source": "--source", "target": "--target", "workspace": "--workspace",
-                  "resource_group": "--resource-group", "subscription": "--subscription",
-                  "registry": "--registry", "credential": "--credential"}
+_SETTING_FLAGS = {key: cfg.option_flag(key) for key in cfg.PROFILE_KEYS}
 _USAGE = "amlpromote configure [PROFILE] | show [PROFILE] | list | delete PROFILE"
 
 

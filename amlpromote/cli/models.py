@@ -20,6 +20,7 @@ from amlpromote.cli.options import (
     VerboseOpt,
     WorkspaceOpt,
 )
+from amlpromote.core import config as cfg
 from amlpromote.core.settings import target_options
 
 if TYPE_CHECKING:
@@ -77,9 +78,8 @@ Examples:
 """
 
 # The options that name a target registry (not --credential, which both sides may use).
-_TARGET_FLAGS = {"target": "--target", "workspace": "--workspace",
-                 "resource_group": "--resource-group", "subscription": "--subscription",
-                 "registry": "--registry"}
+_TARGET_FLAGS = {key: cfg.option_flag(key) for key in
+                 ("target", "workspace", "resource_group", "subscription", "registry")}
 
 
 class Side(str, Enum):  # noqa: UP042 -- Typer renders these choices; kept as they were

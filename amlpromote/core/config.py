@@ -33,6 +33,14 @@ PROFILE_KEYS: dict[str, str] = {
     "registry": "AMLPROMOTE_REGISTRY",
     "credential": "AMLPROMOTE_CREDENTIAL",
 }
+
+
+def option_flag(key: str) -> str:
+    """The command-line option that sets a profile key (`resource_group`: `--resource-group`),
+    for messages and hints that name it."""
+    return "--" + key.replace("_", "-")
+
+
 # The Azure ML target coordinates: a profile holds these or `target`, never both.
 AZURE_TARGET_KEYS = ("subscription", "resource_group", "workspace", "registry")
 CREDENTIAL_KINDS = ("default", "cli", "managed-identity", "environment", "device-code")

@@ -22,9 +22,6 @@ from amlpromote.core.errors import BadInput
 from amlpromote.core.uris import RegistryUri, parse_registry_uri, redact_uri
 
 _RANK = {"option": 3, "environment": 2, "profile": 1, "default": 0}
-_FLAG = {"target": "--target", "workspace": "--workspace", "registry": "--registry"}
-
-
 def _rank(setting: cfg.Setting) -> int:
     return _RANK[setting.origin.split(" ", 1)[0]]
 
@@ -103,7 +100,7 @@ def resolve_target(options: dict[str, str | None], profile: dict[str, str]) -> T
     best = max(_rank(s) for s in present.values())
     winners = [k for k, s in present.items() if _rank(s) == best]
     if len(winners) > 1:
-        flags = " and ".join(_FLAG[k] for k in winners)
+        flags = " and ".join(cfg.option_flag(k) for k in winners)
         origin = present[winners[0]].origin.split(" ", 1)[0]
         raise BadInput(f"both {flags} are set (from the {origin}); a target is one of them",
                        hint="give only one: a registry URI, an Azure ML workspace, or an "

@@ -54,9 +54,7 @@ class DeployTarget:
 
 
 # The options that choose an Azure ML workspace's endpoints, as a hint repeats them.
-_PLACE_FLAGS = (("target", "--target"), ("registry", "--registry"),
-                ("workspace", "--workspace"), ("resource_group", "--resource-group"),
-                ("subscription", "--subscription"), ("credential", "--credential"))
+_PLACE_KEYS = ("target", "registry", "workspace", "resource_group", "subscription", "credential")
 
 
 def resolve_deploy_target(options: dict[str, str | None], profile: dict[str, str],
@@ -67,10 +65,10 @@ def resolve_deploy_target(options: dict[str, str | None], profile: dict[str, str
     target = _resolve(options, profile, local)
     if not target.local:
         words = ["--profile", profile_name] if profile_name else []
-        for key, flag in _PLACE_FLAGS:
+        for key in _PLACE_KEYS:
             value = options.get(key)
             if value:
-                words += [flag, value]
+                words += [cfg.option_flag(key), value]
         target.place = shlex.join(words)
     return target
 
